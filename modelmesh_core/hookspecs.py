@@ -16,7 +16,7 @@ A minimal plugin package::
 
     @hookimpl
     def modelmesh_strategies():
-        return [StrategySpec(name="acme.shortest.v1", factory=lambda config: Shortest())]
+        return [StrategySpec(name="acme.shortest.v1", factory=lambda config, services: Shortest())]
 
 and in its ``pyproject.toml``::
 
@@ -74,17 +74,17 @@ def modelmesh_strategies() -> Sequence[StrategySpec]:
     """Register selection strategies.
 
     Called once at start-up. A pool names a strategy by id or alias; the core calls
-    ``spec.factory(config)`` once per pool that uses it. The strategy object has
-    ``order(candidates, context) -> list[Model]`` (best first) and may have
-    ``scores(candidates, context) -> dict[str, float]`` and ``record(model, ok, context)``
-    (told the outcome of each attempt).
+    ``spec.factory(config, services)`` once per pool that uses it. The strategy object has
+    ``order(candidates, context) -> list[Model]`` (best first; it may set
+    ``context.scores[model.id]``) and may have ``record(model, ok, context)`` (told the
+    outcome of each attempt) and ``rotate()`` (a forced rotation of its pool).
 
     Example::
 
         @hookimpl
         def modelmesh_strategies():
-            return [StrategySpec(name="acme.shortest.v1", factory=lambda config: Shortest(),
-                                 aliases=("shortest",))]
+            return [StrategySpec(name="acme.shortest.v1", aliases=("shortest",),
+                                 factory=lambda config, services: Shortest())]
     """
 
 

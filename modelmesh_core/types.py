@@ -503,7 +503,7 @@ class ProviderSpec:
 class StrategySpec:
     """A selection strategy registered by ``modelmesh_strategies``.
 
-    ``factory(config) -> SelectionStrategy`` is called once per pool at start-up; ``aliases``
+    ``factory(config, services) -> SelectionStrategy`` is called once per pool at start-up; ``aliases``
     are short names (``"round-robin"``) accepted in config.
     """
 
