@@ -101,13 +101,6 @@ class RetryScope(str, enum.Enum):
     ANY = "any"
 
 
-class StreamFailover(str, enum.Enum):
-    """What to do when a stream breaks after the caller has seen chunks."""
-
-    ABORT = "abort"
-    CONTINUE = "continue"
-
-
 class OnBudgetExceeded(str, enum.Enum):
     """What an enforced budget does when it would be exceeded."""
 
@@ -138,7 +131,6 @@ class RetryConfig:
     scope: RetryScope = RetryScope.ANY
     honor_retry_after: bool = True
     max_retry_after: Duration = Duration(30.0)
-    stream_failover: StreamFailover = StreamFailover.ABORT
 
 
 @frozen(kw_only=True)
@@ -419,7 +411,7 @@ def _make_converter() -> cattrs.Converter:
     c.register_structure_hook(bool, _strict(bool, "true or false"))
     c.register_structure_hook(Duration, lambda v, _: parse_duration(v))
     c.register_structure_hook(ByteSize, lambda v, _: parse_size(v))
-    for enum_type in (Backoff, RetryScope, StreamFailover, OnBudgetExceeded):
+    for enum_type in (Backoff, RetryScope, OnBudgetExceeded):
         c.register_structure_hook(enum_type, _enum_hook)
     c.register_structure_hook_factory(_is_tuple, _make_tuple_hook(c))
     return c

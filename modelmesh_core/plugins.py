@@ -56,7 +56,6 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "modelmesh_core.builtin.secrets",
     "modelmesh_core.builtin.storage",
     "modelmesh_core.builtin.sinks",
-    "modelmesh_core.builtin.middleware",
 )
 
 #: hook name -> (record type, registry attribute)

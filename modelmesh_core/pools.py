@@ -6,7 +6,7 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from attrs import define, frozen
+from attrs import Factory, define, frozen
 
 from .types import Model, PipelineContext, Provider, Timeouts
 
@@ -60,6 +60,8 @@ class Services:
     pools: Mapping[str, CapabilityPool]
     rng: random.Random
     budgets: Any = None
+    direct_pools: Mapping[str, CapabilityPool] = Factory(dict)
+    filters: Mapping[str, Sequence[CandidateFilter]] = Factory(dict)
 
 
 @define(kw_only=True, eq=False)

@@ -19,6 +19,7 @@ from .types import RateLimitInfo
 
 __all__ = [
     "Clock",
+    "UsageWindows",
     "MemoryStateStore",
     "ModelState",
     "ProviderState",
@@ -49,7 +50,44 @@ def utc_month(ts: float) -> int:
 
 
 @define(kw_only=True)
-class ModelState:
+class UsageWindows:
+    """Per-minute, per-day (UTC) and per-month (UTC) usage counters, rolled lazily."""
+
+    minute_key: int = -1
+    minute_requests: int = 0
+    minute_tokens: int = 0
+    day_key: int = -1
+    day_requests: int = 0
+    day_tokens: int = 0
+    day_cost: float = 0.0
+    month_key: int = -1
+    month_cost: float = 0.0
+
+    def roll_windows(self, now: float) -> None:
+        """Reset per-minute / per-day / per-month counters whose window has passed."""
+        minute = int(now // 60)
+        if minute != self.minute_key:
+            self.minute_key, self.minute_requests, self.minute_tokens = minute, 0, 0
+            day = utc_day(now)
+            if day != self.day_key:
+                self.day_key, self.day_requests, self.day_tokens, self.day_cost = day, 0, 0, 0.0
+                month = utc_month(now)
+                if month != self.month_key:
+                    self.month_key, self.month_cost = month, 0.0
+
+    def count(self, now: float, requests: int, tokens: int, cost: float) -> None:
+        """Add one outcome to every window."""
+        self.roll_windows(now)
+        self.minute_requests += requests
+        self.minute_tokens += tokens
+        self.day_requests += requests
+        self.day_tokens += tokens
+        self.day_cost += cost
+        self.month_cost += cost
+
+
+@define(kw_only=True)
+class ModelState(UsageWindows):
     """Runtime state of one model (SPEC §2 *Model state*)."""
 
     model_id: str
@@ -75,16 +113,6 @@ class ModelState:
     rate_limit: RateLimitInfo | None = None
     rate_limit_at: float = 0.0
     retry_after_until: float = 0.0
-    minute_key: int = -1
-    minute_requests: int = 0
-    minute_tokens: int = 0
-    day_key: int = -1
-    day_requests: int = 0
-    day_tokens: int = 0
-    day_cost: float = 0.0
-    month_key: int = -1
-    month_cost: float = 0.0
-
     @property
     def tokens(self) -> int:
         """Total tokens used."""
@@ -94,18 +122,6 @@ class ModelState:
     def is_active(self) -> bool:
         """True unless the model is in standby."""
         return self.status == ACTIVE
-
-    def roll_windows(self, now: float) -> None:
-        """Reset per-minute / per-day / per-month counters whose window has passed."""
-        minute = int(now // 60)
-        if minute != self.minute_key:
-            self.minute_key, self.minute_requests, self.minute_tokens = minute, 0, 0
-        day = utc_day(now)
-        if day != self.day_key:
-            self.day_key, self.day_requests, self.day_tokens, self.day_cost = day, 0, 0, 0.0
-        month = utc_month(now)
-        if month != self.month_key:
-            self.month_key, self.month_cost = month, 0.0
 
     def error_rate(self, now: float, window: float) -> tuple[float, int]:
         """``(failure fraction, sample count)`` over the last ``window`` seconds."""
@@ -146,7 +162,7 @@ class ModelState:
 
 
 @define(kw_only=True)
-class ProviderState:
+class ProviderState(UsageWindows):
     """Runtime state of one provider (SPEC §2 *Provider state*)."""
 
     name: str
@@ -158,10 +174,6 @@ class ProviderState:
     requests: int = 0
     failures: int = 0
     cost: float = 0.0
-    day_key: int = -1
-    day_cost: float = 0.0
-    month_key: int = -1
-    month_cost: float = 0.0
     rate_limit: RateLimitInfo | None = None
 
     def snapshot(self) -> dict[str, Any]:

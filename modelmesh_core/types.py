@@ -362,6 +362,7 @@ class PipelineContext:
     scores: dict[str, float] = Factory(dict)
     dropped: dict[str, str] = Factory(dict)
     now: float = 0.0
+    capability_path: str | None = None
 
 
 @frozen(kw_only=True)
@@ -375,6 +376,7 @@ class PipelineResult:
     fallback_chain: list[Model] = Factory(list)
     stages_executed: list[str] = Factory(list)
     dropped: dict[str, str] = Factory(dict)
+    context: PipelineContext | None = None
 
 
 # --------------------------------------------------------------------------- providers

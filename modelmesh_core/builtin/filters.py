@@ -1,0 +1,209 @@
+"""Built-in candidate filters for the delivery-filter and state-filter stages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..hookspecs import hookimpl
+from ..pools import Services
+from ..state import ACTIVE
+from ..types import FilterSpec, Model, PipelineContext
+
+__all__ = [
+    "ContextWindowFilter",
+    "DeliveryModeFilter",
+    "FeatureFilter",
+    "ModelStateFilter",
+    "ProviderStateFilter",
+    "RateLimitFilter",
+]
+
+
+class DeliveryModeFilter:
+    """Drops models that cannot deliver in the requested mode (sync, streaming, batch)."""
+
+    def __init__(self, config: Any, services: Services) -> None:
+        pass
+
+    def reason(self, model: Model, context: PipelineContext) -> str | None:
+        mode = context.delivery_mode
+        if mode in model.delivery_modes:
+            return None
+        return f"does not support {mode} delivery"
+
+
+class FeatureFilter:
+    """Drops models lacking a feature the request needs (tools, JSON schema, vision, …)."""
+
+    def __init__(self, config: Any, services: Services) -> None:
+        pass
+
+    def reason(self, model: Model, context: PipelineContext) -> str | None:
+        request = context.request
+        if request is None or not request.features:
+            return None
+        missing = request.features - model.features
+        if not missing:
+            return None
+        return "lacks feature " + ", ".join(sorted(missing))
+
+
+class ContextWindowFilter:
+    """Drops models whose context window cannot hold the prompt plus the requested output."""
+
+    def __init__(self, config: Any, services: Services) -> None:
+        pass
+
+    def reason(self, model: Model, context: PipelineContext) -> str | None:
+        window = model.context_window
+        request = context.request
+        if window is None or request is None or not request.estimated_tokens:
+            return None
+        need = request.estimated_tokens
+        if request.request is not None and request.request.max_tokens:
+            need += request.request.max_tokens
+        if need <= window:
+            return None
+        return f"context window {window} too small for ~{need} tokens"
+
+
+class ModelStateFilter:
+    """Drops standby models (until their cooldown expires), models with a recovery trial in
+    flight, and models the upstream asked to wait (Retry-After)."""
+
+    def __init__(self, config: Any, services: Services) -> None:
+        self._state = services.state
+
+    def reason(self, model: Model, context: PipelineContext) -> str | None:
+        st = self._state.model(model.id)
+        now = context.now
+        if st.status != ACTIVE:
+            if st.cooldown_until <= 0:
+                return f"standby ({st.deactivation_reason or 'manual'})"
+            if now < st.cooldown_until:
+                return (
+                    f"standby ({st.deactivation_reason}) for another "
+                    f"{st.cooldown_until - now:.1f}s"
+                )
+            if st.trial_in_flight:
+                return "recovery trial in flight"
+        if now < st.retry_after_until:
+            return f"upstream asked to retry after {st.retry_after_until - now:.1f}s"
+        return None
+
+
+class ProviderStateFilter:
+    """Drops models of disabled providers and of providers marked down (until their cooldown
+    expires, when one trial request is let through)."""
+
+    def __init__(self, config: Any, services: Services) -> None:
+        self._state = services.state
+        self._providers = services.providers
+
+    def reason(self, model: Model, context: PipelineContext) -> str | None:
+        provider = self._providers.get(model.provider)
+        if provider is not None and not provider.enabled:
+            return f"provider {model.provider!r} is disabled"
+        ps = self._state.provider(model.provider)
+        if ps.available:
+            return None
+        if ps.cooldown_until <= 0:
+            return f"provider {model.provider!r} down ({ps.deactivation_reason})"
+        if context.now < ps.cooldown_until:
+            return (
+                f"provider {model.provider!r} down ({ps.deactivation_reason}) for another "
+                f"{ps.cooldown_until - context.now:.1f}s"
+            )
+        return None
+
+
+class RateLimitFilter:
+    """Drops models whose configured quota (rpm, tpm, rpd, tpd of the model or its provider)
+    is used up, or whose upstream reported no requests remaining before the reset.
+
+    This is how limits are predicted and avoided instead of discovered by 429s.
+    """
+
+    def __init__(self, config: Any, services: Services) -> None:
+        self._state = services.state
+        self._providers = services.providers
+
+    def reason(self, model: Model, context: PipelineContext) -> str | None:
+        now = context.now
+        request = context.request
+        tokens = request.estimated_tokens if request is not None else 0
+        limits = model.limits
+        if limits.rpm or limits.tpm or limits.rpd or limits.tpd:
+            st = self._state.model(model.id)
+            st.roll_windows(now)
+            why = _over(limits, st.minute_requests, st.minute_tokens, st.day_requests,
+                        st.day_tokens, tokens)
+            if why:
+                return why
+            info = st.rate_limit
+        else:
+            info = self._state.model(model.id).rate_limit
+        if info is not None and info.remaining_requests == 0:
+            st = self._state.model(model.id)
+            reset = info.reset_requests or 0.0
+            if now < st.rate_limit_at + reset:
+                return f"upstream reports no requests left for {st.rate_limit_at + reset - now:.1f}s"
+        provider = self._providers.get(model.provider)
+        if provider is not None:
+            pl = provider.limits
+            if pl.rpm or pl.tpm or pl.rpd or pl.tpd:
+                ps = self._state.provider(model.provider)
+                ps.roll_windows(now)
+                why = _over(pl, ps.minute_requests, ps.minute_tokens, ps.day_requests,
+                            ps.day_tokens, tokens)
+                if why:
+                    return f"provider {model.provider!r}: {why}"
+        return None
+
+
+def _over(limits: Any, m_req: int, m_tok: int, d_req: int, d_tok: int, tokens: int) -> str | None:
+    if limits.rpd is not None and d_req >= limits.rpd:
+        return f"daily request quota used ({d_req}/{limits.rpd})"
+    if limits.tpd is not None and d_tok + tokens > limits.tpd:
+        return f"daily token quota used ({d_tok}/{limits.tpd})"
+    if limits.rpm is not None and m_req >= limits.rpm:
+        return f"requests-per-minute limit reached ({m_req}/{limits.rpm})"
+    if limits.tpm is not None and m_tok + tokens > limits.tpm:
+        return f"tokens-per-minute limit reached ({m_tok}/{limits.tpm})"
+    return None
+
+
+class BudgetFilter:
+    """Drops models whose provider, pool or the global budget would be exceeded by this
+    request's estimated cost (``on_budget_exceeded: rotate``), or raises
+    ``BudgetExceededError`` (``on_budget_exceeded: error``)."""
+
+    def __init__(self, config: Any, services: Services) -> None:
+        self._budgets = services.budgets
+
+    def reason(self, model: Model, context: PipelineContext) -> str | None:
+        budgets = self._budgets
+        if budgets is None or not budgets.active:
+            return None
+        return budgets.precheck(model, context)
+
+
+@hookimpl
+def modelmesh_filters() -> list[FilterSpec]:
+    """The built-in filters."""
+    return [
+        FilterSpec(name="modelmesh.delivery-mode", stage="delivery-filter", order=100,
+                   factory=DeliveryModeFilter, description="requested delivery mode"),
+        FilterSpec(name="modelmesh.features", stage="delivery-filter", order=200,
+                   factory=FeatureFilter, description="tools, JSON schema, vision, …"),
+        FilterSpec(name="modelmesh.context-window", stage="delivery-filter", order=300,
+                   factory=ContextWindowFilter, description="prompt + output fit the window"),
+        FilterSpec(name="modelmesh.model-state", stage="state-filter", order=100,
+                   factory=ModelStateFilter, description="standby, cooldown, Retry-After"),
+        FilterSpec(name="modelmesh.provider-state", stage="state-filter", order=200,
+                   factory=ProviderStateFilter, description="provider down or disabled"),
+        FilterSpec(name="modelmesh.rate-limits", stage="state-filter", order=300,
+                   factory=RateLimitFilter, description="configured and reported quotas"),
+        FilterSpec(name="modelmesh.budget", stage="state-filter", order=400,
+                   factory=BudgetFilter, description="budgets at global, provider, pool level"),
+    ]

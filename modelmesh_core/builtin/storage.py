@@ -1,0 +1,91 @@
+"""Built-in state storage: in memory, and a local JSON file that survives restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import attrs
+from attrs import frozen
+
+from ..hookspecs import hookimpl
+from ..state import MemoryStateStore, ProviderState, model_state_fields
+from ..types import StorageSpec
+
+__all__ = ["LocalFileStateStore"]
+
+
+def _memory(config: Any) -> MemoryStateStore:
+    return MemoryStateStore()
+
+
+@frozen(kw_only=True)
+class LocalFileConfig:
+    """``path`` of the JSON state file."""
+
+    path: str = ".modelmesh/state.json"
+
+
+_PROVIDER_FIELDS = [a.name for a in attrs.fields(ProviderState) if a.name != "rate_limit"]
+
+
+class LocalFileStateStore(MemoryStateStore):
+    """State kept in memory and written to a JSON file on flush (``modelmesh.local-file.v1``).
+
+    Cooldowns, counters, costs and deactivations survive a restart.
+    """
+
+    def __init__(self, config: LocalFileConfig) -> None:
+        super().__init__()
+        self._path = Path(config.path).expanduser()
+
+    async def load(self) -> None:
+        """Read the file if it exists (a corrupt file is ignored and replaced on next flush)."""
+        if not self._path.exists():
+            return
+        try:
+            data = json.loads(self._path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        fields = set(model_state_fields())
+        for item in data.get("models", []):
+            st = self.model(item["model_id"])
+            for key, value in item.items():
+                if key in fields:
+                    setattr(st, key, value)
+        for item in data.get("providers", []):
+            ps = self.provider(item["name"])
+            for key, value in item.items():
+                if key in _PROVIDER_FIELDS:
+                    setattr(ps, key, value)
+
+    async def flush(self) -> None:
+        """Write every state atomically."""
+        fields = model_state_fields()
+        data = {
+            "models": [{f: getattr(st, f) for f in fields} for st in self.models()],
+            "providers": [{f: getattr(ps, f) for f in _PROVIDER_FIELDS}
+                          for ps in self.providers()],
+        }
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, self._path)
+
+    async def close(self) -> None:
+        """Flush on close."""
+        await self.flush()
+
+
+@hookimpl
+def modelmesh_storage() -> list[StorageSpec]:
+    """The built-in state stores."""
+    return [
+        StorageSpec(name="modelmesh.memory.v1", factory=_memory, description="in this process"),
+        StorageSpec(name="modelmesh.local-file.v1", factory=LocalFileStateStore,
+                    config_type=LocalFileConfig, description="a JSON file, flushed on shutdown"),
+    ]
+
+

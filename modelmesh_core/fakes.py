@@ -1,0 +1,1067 @@
+"""A real local HTTP server that speaks the OpenAI API, for tests, demos and benchmarks.
+
+:class:`FakeUpstream` listens on ``127.0.0.1`` (a free port) and answers the endpoints an
+OpenAI-compatible provider adapter talks to, in the documented wire shapes:
+
+* ``POST /v1/chat/completions`` — a ``chat.completion`` object, or with ``"stream": true`` a
+  ``text/event-stream`` of ``chat.completion.chunk`` objects (role first, content split over
+  several chunks, tool calls as index-keyed deltas, a final chunk carrying ``finish_reason``,
+  a usage chunk with ``"choices": []`` when ``stream_options.include_usage`` is true, then
+  ``data: [DONE]``);
+* ``POST /v1/embeddings`` — deterministic, hash-based unit vectors (``float`` or ``base64``);
+* ``GET /v1/models`` — the configured model list;
+* the Azure OpenAI shapes ``/openai/deployments/{deployment}/chat/completions`` and
+  ``…/embeddings`` (authenticated by an ``api-key`` header), see :attr:`FakeUpstream.azure_base_url`.
+
+Every answer carries ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` headers; the
+remaining counts go down within a one-minute window of the injectable clock. Errors use the
+OpenAI error body ``{"error": {"message", "type", "param", "code"}}``.
+
+What the server does is scripted with frozen *behaviour* records consumed one per request
+(:meth:`FakeUpstream.script`), falling back to :attr:`FakeUpstream.default`::
+
+    async with FakeUpstream(api_keys={"sk-test-1234567890"}) as fake:
+        fake.script(Fail(429, code="insufficient_quota"), Reply("hello"))
+        ...  # point an adapter or the OpenAI SDK at fake.base_url
+        assert fake.calls[1].behaviour == Reply("hello")
+
+For synchronous code (a demo command, sync tests) the server runs on its own event loop in a
+daemon thread::
+
+    with FakeUpstream.running_in_thread() as fake:
+        openai.OpenAI(base_url=fake.base_url, api_key="x").models.list()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import itertools
+import math
+import random
+import re
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeAlias
+
+import orjson
+from aiohttp import web
+from attrs import define, field, frozen
+
+__all__ = [
+    "DEFAULT_FAKE_MODELS",
+    "Behaviour",
+    "CutStream",
+    "Fail",
+    "FakeUpstream",
+    "Flaky",
+    "MalformedChunk",
+    "MalformedJSON",
+    "ManualClock",
+    "RateLimited",
+    "RecordedCall",
+    "Reply",
+    "Silent",
+    "StallStream",
+    "WrongContentType",
+    "format_reset",
+    "tool_call",
+]
+
+DEFAULT_FAKE_MODELS: tuple[str, ...] = (
+    "gpt-4o-mini",
+    "gpt-4o",
+    "text-embedding-3-small",
+)
+"""Models listed by ``GET /v1/models`` unless the fake is given others."""
+
+_WINDOW = 60.0
+
+
+# --------------------------------------------------------------------------- behaviours
+
+
+def _tool_calls(value: Sequence[Mapping[str, Any]] | None) -> tuple[Mapping[str, Any], ...] | None:
+    return None if value is None else tuple(value)
+
+
+def tool_call(name: str, arguments: str | Mapping[str, Any], id: str | None = None) -> dict:
+    """A tool call for :class:`Reply` ``tool_calls``; ``arguments`` may be a dict (JSON-encoded)."""
+    if not isinstance(arguments, str):
+        arguments = orjson.dumps(arguments).decode()
+    call: dict[str, Any] = {"name": name, "arguments": arguments}
+    if id is not None:
+        call["id"] = id
+    return call
+
+
+@frozen
+class Reply:
+    """Answer successfully.
+
+    Attributes:
+        content: the assistant text (split into several chunks when streaming).
+        tool_calls: ``[{"name", "arguments", "id"?}]`` (see :func:`tool_call`); when given, the
+            answer carries ``tool_calls`` and finishes with ``"tool_calls"``.
+        delay: seconds before the response headers are sent.
+        chunk_delay: seconds between two stream chunks.
+        usage: overrides of the computed usage (``prompt_tokens``, ``completion_tokens``,
+            ``cached_tokens``, ``reasoning_tokens``).
+        model: the model name reported (default: the requested one).
+        finish_reason: overrides ``"stop"`` / ``"tool_calls"``.
+    """
+
+    content: str = "Hello from the fake upstream!"
+    tool_calls: tuple[Mapping[str, Any], ...] | None = field(default=None, converter=_tool_calls)
+    delay: float = 0.0
+    chunk_delay: float = 0.0
+    usage: Mapping[str, int] | None = None
+    model: str | None = None
+    finish_reason: str | None = None
+
+
+_ERROR_DEFAULTS: dict[int, tuple[str, str | None, str]] = {
+    400: ("invalid_request_error", None, "Invalid request."),
+    401: (
+        "invalid_request_error",
+        "invalid_api_key",
+        "Incorrect API key provided. You can find your API key in your account settings.",
+    ),
+    403: ("invalid_request_error", "unsupported_country_region_territory",
+          "Country, region, or territory not supported."),
+    404: ("invalid_request_error", "model_not_found",
+          "The model does not exist or you do not have access to it."),
+    408: ("timeout", None, "Request timed out."),
+    409: ("conflict", None, "The request conflicts with another request."),
+    422: ("invalid_request_error", None, "Unprocessable request."),
+    429: ("requests", "rate_limit_exceeded", "Rate limit reached for requests."),
+    500: ("server_error", None,
+          "The server had an error while processing your request. Sorry about that!"),
+    502: ("server_error", None, "Bad gateway."),
+    503: ("server_error", None, "The engine is currently overloaded, please try again later."),
+    504: ("server_error", None, "Gateway timeout."),
+}
+
+_QUOTA_MESSAGE = (
+    "You exceeded your current quota, please check your plan and billing details."
+)
+
+
+@frozen
+class Fail:
+    """Answer with an HTTP error and an OpenAI error body.
+
+    ``type``, ``code`` and ``message`` default to what OpenAI sends for ``status``; a 429 with
+    ``code="insufficient_quota"`` is an exhausted account quota, the default 429
+    (``rate_limit_exceeded``) a transient per-minute limit. ``retry_after`` (seconds) becomes a
+    ``retry-after`` header; ``headers`` are added as given; ``delay`` waits before answering.
+    """
+
+    status: int = 500
+    message: str | None = None
+    type: str | None = None
+    code: str | None = None
+    retry_after: float | None = None
+    headers: Mapping[str, str] | None = None
+    delay: float = 0.0
+
+    @classmethod
+    def quota(cls, retry_after: float | None = None) -> Fail:
+        """A 429 meaning the account quota is exhausted (``insufficient_quota``)."""
+        return cls(429, code="insufficient_quota", retry_after=retry_after)
+
+    @classmethod
+    def rate_limit(cls, retry_after: float | None = 1.0) -> Fail:
+        """A transient 429 (``rate_limit_exceeded``) with a Retry-After header."""
+        return cls(429, code="rate_limit_exceeded", retry_after=retry_after)
+
+    @classmethod
+    def context_length(cls, limit: int = 128000) -> Fail:
+        """A 400 ``context_length_exceeded`` as OpenAI sends for an over-long prompt."""
+        return cls(
+            400,
+            code="context_length_exceeded",
+            message=(
+                f"This model's maximum context length is {limit} tokens. However, your "
+                "messages resulted in more tokens. Please reduce the length of the messages."
+            ),
+        )
+
+    @classmethod
+    def content_filter(cls) -> Fail:
+        """A 400 refusing the prompt on content-policy grounds."""
+        return cls(
+            400,
+            code="content_policy_violation",
+            message="Your request was rejected as a result of our safety system.",
+        )
+
+    def body(self) -> dict[str, Any]:
+        """The OpenAI error body this failure sends."""
+        kind, code, message = _ERROR_DEFAULTS.get(
+            self.status, ("server_error" if self.status >= 500 else "invalid_request_error",
+                          None, f"HTTP {self.status}.")
+        )
+        code = self.code if self.code is not None else code
+        if self.status == 429 and code == "insufficient_quota":
+            kind, message = "insufficient_quota", _QUOTA_MESSAGE
+        return {
+            "error": {
+                "message": self.message if self.message is not None else message,
+                "type": self.type if self.type is not None else kind,
+                "param": None,
+                "code": code,
+            }
+        }
+
+
+@frozen
+class Silent:
+    """Accept the request and never answer (until the server stops: then a 503)."""
+
+
+@frozen
+class CutStream:
+    """Send ``after_chunks`` stream events, then drop the connection (no ``[DONE]``).
+
+    For a non-streaming request: send part of the JSON body, then drop the connection.
+    """
+
+    after_chunks: int = 2
+
+
+@frozen
+class StallStream:
+    """Send ``after_chunks`` stream events, then send nothing more until the server stops.
+
+    ``after_chunks=0`` sends the response headers only. For a non-streaming request: headers
+    and part of the body, then nothing.
+    """
+
+    after_chunks: int = 1
+
+
+@frozen
+class MalformedJSON:
+    """Answer 200 ``application/json`` with a truncated, unparsable JSON body."""
+
+
+@frozen
+class MalformedChunk:
+    """Send ``after_chunks`` good stream events, then ``data: {not json`` (then ``[DONE]``).
+
+    For a non-streaming request this behaves like :class:`MalformedJSON`.
+    """
+
+    after_chunks: int = 1
+
+
+@frozen
+class WrongContentType:
+    """Answer with an HTML page (as a captive portal or misconfigured proxy does)."""
+
+    status: int = 200
+
+
+@frozen
+class Flaky:
+    """Fail with probability ``rate`` (answer ``fail``), else answer ``then``.
+
+    Draws from a private ``random.Random(seed)``, so a seeded fake is reproducible.
+    """
+
+    rate: float
+    then: Behaviour = field(factory=Reply)
+    fail: Behaviour = field(factory=lambda: Fail(500))
+    seed: int | None = None
+
+
+@frozen
+class RateLimited:
+    """Answer ``then`` for the first ``rpm`` requests of each clock minute, then 429.
+
+    The 429 carries ``retry-after`` (seconds to the end of the window, rounded up) and
+    ``x-ratelimit-*`` headers showing the exhausted ``rpm`` limit. The window follows the
+    fake's ``clock``.
+    """
+
+    rpm: int
+    then: Behaviour = field(factory=Reply)
+
+
+Behaviour: TypeAlias = (
+    Reply | Fail | Silent | CutStream | StallStream | MalformedJSON | MalformedChunk
+    | WrongContentType | Flaky | RateLimited
+)
+"""Any scriptable behaviour record."""
+
+
+@frozen(kw_only=True)
+class RecordedCall:
+    """One request the fake received.
+
+    ``headers`` has lower-case names; ``body`` is the parsed JSON (None for GET or an
+    unparsable body); ``time`` is ``time.monotonic()`` at arrival; ``behaviour`` is the leaf
+    behaviour that answered (a :class:`Flaky` is recorded as the branch it took; an
+    authentication failure as a ``Fail(401)``); ``scripted`` tells a queued behaviour from the
+    default.
+    """
+
+    path: str
+    method: str
+    headers: dict[str, str]
+    body: Any
+    time: float
+    behaviour: Behaviour | None
+    scripted: bool = False
+
+    @property
+    def api_key(self) -> str | None:
+        """The key the request authenticated with (bearer token or ``api-key`` header)."""
+        auth = self.headers.get("authorization", "")
+        if auth[:7].lower() == "bearer ":
+            return auth[7:].strip()
+        return self.headers.get("api-key")
+
+
+class ManualClock:
+    """A clock for :class:`FakeUpstream` (``clock=``) that moves only when told to."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds``."""
+        self.now += seconds
+
+
+def format_reset(seconds: float) -> str:
+    """Format a duration the way OpenAI's ``x-ratelimit-reset-*`` headers do.
+
+    ``0.02`` → ``"20ms"``, ``1`` → ``"1s"``, ``1.5`` → ``"1.5s"``, ``360`` → ``"6m0s"``,
+    ``3725`` → ``"1h2m5s"``.
+    """
+    if seconds < 1.0:
+        return f"{max(round(seconds * 1000), 0)}ms"
+    if seconds < 60.0:
+        return f"{round(seconds, 3):g}s"
+    total = round(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes}m{secs}s" if hours else f"{minutes}m{secs}s"
+
+
+# --------------------------------------------------------------------------- helpers
+
+_WORD = re.compile(r"\s*\S+")
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _message_words(messages: Any) -> int:
+    count = 0
+    if not isinstance(messages, list):
+        return 0
+    for message in messages:
+        if not isinstance(message, Mapping):
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            count += _words(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                    count += _words(part["text"])
+    return count
+
+
+def _unit_vector(text: str, dim: int) -> list[float]:
+    raw = b""
+    counter = 0
+    seed = text.encode()
+    while len(raw) < dim * 4:
+        raw += hashlib.sha256(seed + counter.to_bytes(4, "little")).digest()
+        counter += 1
+    values = [(v / 2147483647.5) - 1.0 for v in struct.unpack(f"<{dim}I", raw[: dim * 4])]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    return [v / norm for v in values]
+
+
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def _mask(key: str) -> str:
+    return f"{key[:3]}{'*' * 4}{key[-4:]}" if len(key) > 8 else "****"
+
+
+@define
+class _Window:
+    start: float
+    requests: int = 0
+    tokens: int = 0
+
+
+# --------------------------------------------------------------------------- server
+
+
+class FakeUpstream:
+    """A local fake OpenAI upstream over real HTTP.
+
+    Args:
+        api_keys: when given, requests must authenticate with one of these keys
+            (``Authorization: Bearer <key>`` or ``api-key: <key>``), else 401.
+        models: names listed by ``GET /v1/models``.
+        embedding_dim: vector size when the request gives no ``dimensions``.
+        rpm_limit / tpm_limit: the limits reported in ``x-ratelimit-*`` headers.
+        default: the behaviour when the script queue is empty (default ``Reply()``).
+        clock: monotonic seconds for the rate-limit windows (see :class:`ManualClock`).
+        host / port: where to listen; port 0 picks a free port.
+
+    Attributes:
+        calls: every request received, in order (:class:`RecordedCall`).
+        default: the fallback behaviour; assign to change it.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_keys: Sequence[str] | set[str] | None = None,
+        models: Sequence[str] = DEFAULT_FAKE_MODELS,
+        embedding_dim: int = 16,
+        rpm_limit: int = 10_000,
+        tpm_limit: int = 2_000_000,
+        default: Behaviour | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.api_keys: frozenset[str] | None = None if api_keys is None else frozenset(api_keys)
+        self.models = tuple(models)
+        self.embedding_dim = embedding_dim
+        self.rpm_limit = rpm_limit
+        self.tpm_limit = tpm_limit
+        self._initial_default: Behaviour = default if default is not None else Reply()
+        self.default: Behaviour = self._initial_default
+        self.clock = clock
+        self.calls: list[RecordedCall] = []
+        self._host = host
+        self._port = port
+        self._queue: deque[Behaviour] = deque()
+        self._state: dict[int, tuple[Behaviour, Any]] = {}
+        self._window = _Window(start=clock())
+        self._ids = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self._closing: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def port(self) -> int:
+        """The bound port (after :meth:`start`)."""
+        if self._runner is None:
+            raise RuntimeError("FakeUpstream is not running; call start() first")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` (no path)."""
+        return f"http://{self._host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI SDK style base URL, ``http://127.0.0.1:PORT/v1``."""
+        return f"{self.url}/v1"
+
+    @property
+    def azure_base_url(self) -> str:
+        """The Azure OpenAI style base, ``http://127.0.0.1:PORT/openai``."""
+        return f"{self.url}/openai"
+
+    def script(self, *behaviours: Behaviour) -> None:
+        """Queue behaviours; each answers one request, in order, before :attr:`default`."""
+        self._queue.extend(behaviours)
+
+    @property
+    def pending(self) -> int:
+        """How many scripted behaviours have not been consumed yet."""
+        return len(self._queue)
+
+    def reset(self) -> None:
+        """Forget calls, the script, behaviour state and rate windows; restore the default."""
+        self.calls.clear()
+        self._queue.clear()
+        self._state.clear()
+        self._window = _Window(start=self.clock())
+        self.default = self._initial_default
+
+    async def start(self) -> FakeUpstream:
+        """Start listening; returns ``self``."""
+        if self._runner is not None:
+            return self
+        self._closing = asyncio.Event()
+        app = web.Application(client_max_size=32 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat)
+        app.router.add_post("/openai/deployments/{deployment}/embeddings", self._embeddings)
+        app.router.add_get("/openai/models", self._models)
+        app.router.add_route("*", "/{tail:.*}", self._not_found)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._port, shutdown_timeout=1.0)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or ()
+        for sock in sockets:
+            self._port = sock.getsockname()[1]
+            break
+        self._runner = runner
+        return self
+
+    async def stop(self) -> None:
+        """Stop listening; requests still waiting (``Silent``, stalls) are released first."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        if self._closing is not None:
+            self._closing.set()
+        await runner.cleanup()
+
+    async def __aenter__(self) -> FakeUpstream:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def start_in_thread(self, timeout: float = 10.0) -> FakeUpstream:
+        """Run the server on its own event loop in a daemon thread; returns ``self``."""
+        if self._thread is not None:
+            return self
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.start())
+            except BaseException as exc:  # reported to the starting thread
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        thread = threading.Thread(target=run, name="modelmesh-fake-upstream", daemon=True)
+        thread.start()
+        if not ready.wait(timeout):
+            raise RuntimeError("FakeUpstream did not start in time")
+        if failure:
+            thread.join(timeout)
+            raise failure[0]
+        self._thread, self._loop = thread, loop
+        return self
+
+    def stop_thread(self, timeout: float = 10.0) -> None:
+        """Stop a server started with :meth:`start_in_thread` and join its thread."""
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None:
+            return
+        self._thread = self._loop = None
+        asyncio.run_coroutine_threadsafe(self.stop(), loop).result(timeout)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+
+    @classmethod
+    @contextlib.contextmanager
+    def running_in_thread(cls, **kwargs: Any) -> Iterator[FakeUpstream]:
+        """Context manager: a new fake (``kwargs`` as for the constructor) in its own thread."""
+        fake = cls(**kwargs)
+        fake.start_in_thread()
+        try:
+            yield fake
+        finally:
+            fake.stop_thread()
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _next(self) -> tuple[Behaviour, bool]:
+        try:
+            return self._queue.popleft(), True
+        except IndexError:
+            return self.default, False
+
+    def _resolve(self, behaviour: Behaviour) -> Behaviour:
+        while True:
+            if isinstance(behaviour, Flaky):
+                rng = self._stateful(behaviour, lambda b=behaviour: random.Random(b.seed))
+                behaviour = behaviour.fail if rng.random() < behaviour.rate else behaviour.then
+            elif isinstance(behaviour, RateLimited):
+                window = self._stateful(behaviour, lambda: _Window(start=self.clock()))
+                now = self.clock()
+                if now - window.start >= _WINDOW:
+                    window.start, window.requests = now, 0
+                window.requests += 1
+                if window.requests <= behaviour.rpm:
+                    behaviour = behaviour.then
+                    continue
+                wait = max(window.start + _WINDOW - now, 0.0)
+                return Fail(
+                    429,
+                    code="rate_limit_exceeded",
+                    message=(
+                        f"Rate limit reached for requests per min (RPM): Limit "
+                        f"{behaviour.rpm}, Used {behaviour.rpm}, Requested 1. Please try "
+                        f"again in {format_reset(wait)}."
+                    ),
+                    retry_after=float(math.ceil(wait)),
+                    headers={
+                        "x-ratelimit-limit-requests": str(behaviour.rpm),
+                        "x-ratelimit-remaining-requests": "0",
+                        "x-ratelimit-reset-requests": format_reset(wait),
+                    },
+                )
+            else:
+                return behaviour
+
+    def _stateful(self, behaviour: Behaviour, make: Callable[[], Any]) -> Any:
+        entry = self._state.get(id(behaviour))
+        if entry is None or entry[0] is not behaviour:
+            entry = (behaviour, make())
+            self._state[id(behaviour)] = entry
+        return entry[1]
+
+    def _auth_failure(self, request: web.Request) -> Fail | None:
+        if self.api_keys is None:
+            return None
+        auth = request.headers.get("Authorization", "")
+        key = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("api-key")
+        if key and key in self.api_keys:
+            return None
+        if not key:
+            return Fail(
+                401,
+                code=None,
+                message=(
+                    "You didn't provide an API key. You need to provide your API key in an "
+                    "Authorization header using Bearer auth (i.e. Authorization: Bearer "
+                    "YOUR_KEY)."
+                ),
+            )
+        return Fail(
+            401,
+            code="invalid_api_key",
+            message=(
+                f"Incorrect API key provided: {_mask(key)}. You can find your API key in "
+                "your account settings."
+            ),
+        )
+
+    def _rate_headers(self, tokens: int) -> dict[str, str]:
+        now = self.clock()
+        window = self._window
+        if now - window.start >= _WINDOW:
+            window.start, window.requests, window.tokens = now, 0, 0
+        window.requests += 1
+        window.tokens += tokens
+        reset = format_reset(max(window.start + _WINDOW - now, 0.0))
+        return {
+            "x-ratelimit-limit-requests": str(self.rpm_limit),
+            "x-ratelimit-remaining-requests": str(max(self.rpm_limit - window.requests, 0)),
+            "x-ratelimit-reset-requests": reset,
+            "x-ratelimit-limit-tokens": str(self.tpm_limit),
+            "x-ratelimit-remaining-tokens": str(max(self.tpm_limit - window.tokens, 0)),
+            "x-ratelimit-reset-tokens": reset,
+        }
+
+    async def _accept(
+        self, request: web.Request
+    ) -> tuple[Any, Behaviour, dict[str, str]] | web.Response:
+        body: Any = None
+        if request.method == "POST":
+            raw = await request.read()
+            try:
+                body = orjson.loads(raw) if raw else None
+            except orjson.JSONDecodeError:
+                body = None
+        failure = self._auth_failure(request)
+        if failure is not None:
+            behaviour: Behaviour = failure
+            scripted = False
+        else:
+            picked, scripted = self._next()
+            behaviour = self._resolve(picked)
+        self.calls.append(
+            RecordedCall(
+                path=request.path,
+                method=request.method,
+                headers={k.lower(): v for k, v in request.headers.items()},
+                body=body,
+                time=time.monotonic(),
+                behaviour=behaviour,
+                scripted=scripted,
+            )
+        )
+        if request.method == "POST" and not isinstance(body, dict) and failure is None:
+            return self._error(
+                Fail(400, message="We could not parse the JSON body of your request."), {}
+            )
+        tokens = _message_words(body.get("messages")) if isinstance(body, dict) else 0
+        headers = self._rate_headers(tokens)
+        headers["x-request-id"] = f"req_fake{next(self._ids):012d}"
+        return body, behaviour, headers
+
+    def _error(self, fail: Fail, headers: dict[str, str]) -> web.Response:
+        out = dict(headers)
+        if fail.retry_after is not None:
+            ra = fail.retry_after
+            out["retry-after"] = str(int(ra)) if float(ra).is_integer() else str(ra)
+        if fail.headers:
+            out.update(fail.headers)
+        return web.Response(
+            status=fail.status, body=_dumps(fail.body()), headers=out,
+            content_type="application/json",
+        )
+
+    async def _pause(self, seconds: float) -> None:
+        if seconds <= 0 or self._closing is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._closing.wait()
+
+    async def _hang(self) -> None:
+        if self._closing is not None:
+            await self._closing.wait()
+
+    async def _common(
+        self, request: web.Request, behaviour: Behaviour, headers: dict[str, str]
+    ) -> web.StreamResponse | None:
+        """Answer the behaviours that do not depend on the endpoint; None for the rest."""
+        if isinstance(behaviour, Fail):
+            await self._pause(behaviour.delay)
+            return self._error(behaviour, headers)
+        if isinstance(behaviour, Silent):
+            await self._hang()
+            return web.Response(status=503, text="fake upstream shutting down")
+        if isinstance(behaviour, WrongContentType):
+            return web.Response(
+                status=behaviour.status,
+                text="<html><head><title>Gateway</title></head><body><h1>Please sign in"
+                "</h1></body></html>",
+                content_type="text/html",
+                headers=headers,
+            )
+        if isinstance(behaviour, MalformedJSON):
+            return web.Response(
+                body=b'{"id": "chatcmpl-broken", "object": "chat.completion", "choices": [{"in',
+                content_type="application/json",
+                headers=headers,
+            )
+        return None
+
+    async def _partial_body(
+        self, request: web.Request, behaviour: CutStream | StallStream, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        payload = b'{"id": "chatcmpl-partial", "object": "chat.completion", "choices": ['
+        resp = web.StreamResponse(headers=headers)
+        resp.content_type = "application/json"
+        resp.content_length = len(payload) * 4
+        await resp.prepare(request)
+        try:
+            await resp.write(payload)
+            if isinstance(behaviour, CutStream):
+                _drop(request)
+            else:
+                await self._hang()
+                _drop(request)
+        except ConnectionError:
+            pass
+        return resp
+
+    # ------------------------------------------------------------------ endpoints
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        return web.Response(
+            status=404,
+            body=_dumps(
+                {
+                    "error": {
+                        "message": f"Invalid URL ({request.method} {request.path})",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": None,
+                    }
+                }
+            ),
+            content_type="application/json",
+        )
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        accepted = await self._accept(request)
+        if isinstance(accepted, web.Response):
+            return accepted
+        _, behaviour, headers = accepted
+        early = await self._common(request, behaviour, headers)
+        if early is not None:
+            return early
+        if isinstance(behaviour, Reply):
+            await self._pause(behaviour.delay)
+        data = {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": 1700000000, "owned_by": "fake"}
+                for name in self.models
+            ],
+        }
+        return web.Response(body=_dumps(data), content_type="application/json", headers=headers)
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        accepted = await self._accept(request)
+        if isinstance(accepted, web.Response):
+            return accepted
+        body, behaviour, headers = accepted
+        early = await self._common(request, behaviour, headers)
+        if early is not None:
+            return early
+        if isinstance(behaviour, CutStream | StallStream):
+            return await self._partial_body(request, behaviour, headers)
+        if isinstance(behaviour, MalformedChunk):
+            return (await self._common(request, MalformedJSON(), headers)) or web.Response()
+        reply = behaviour if isinstance(behaviour, Reply) else Reply()
+        await self._pause(reply.delay)
+        raw_input = body.get("input", "")
+        inputs = [raw_input] if isinstance(raw_input, str) else list(raw_input)
+        texts = [x if isinstance(x, str) else orjson.dumps(x).decode() for x in inputs]
+        dim = body.get("dimensions") or self.embedding_dim
+        as_base64 = body.get("encoding_format") == "base64"
+        data = []
+        for index, text in enumerate(texts):
+            vector = _unit_vector(text, int(dim))
+            embedding: Any = vector
+            if as_base64:
+                embedding = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        tokens = sum(max(_words(t), 1) for t in texts)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        if reply.usage:
+            usage.update(reply.usage)
+        answer = {
+            "object": "list",
+            "data": data,
+            "model": reply.model or body.get("model", "text-embedding-3-small"),
+            "usage": usage,
+        }
+        return web.Response(body=_dumps(answer), content_type="application/json", headers=headers)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        accepted = await self._accept(request)
+        if isinstance(accepted, web.Response):
+            return accepted
+        body, behaviour, headers = accepted
+        early = await self._common(request, behaviour, headers)
+        if early is not None:
+            return early
+        stream = bool(body.get("stream"))
+        if not stream:
+            if isinstance(behaviour, CutStream | StallStream):
+                return await self._partial_body(request, behaviour, headers)
+            if isinstance(behaviour, MalformedChunk):
+                return (await self._common(request, MalformedJSON(), headers)) or web.Response()
+        reply = behaviour if isinstance(behaviour, Reply) else Reply(
+            content="This stream will not finish as it should, sorry."
+        )
+        await self._pause(reply.delay)
+        completion = _Completion(self, body, reply, next(self._ids))
+        if not stream:
+            return web.Response(
+                body=_dumps(completion.object()), content_type="application/json",
+                headers=headers,
+            )
+        return await self._sse(request, body, behaviour, reply, completion, headers)
+
+    async def _sse(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        behaviour: Behaviour,
+        reply: Reply,
+        completion: _Completion,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        options = body.get("stream_options")
+        include_usage = isinstance(options, Mapping) and bool(options.get("include_usage"))
+        events = completion.chunks(include_usage)
+        limit = getattr(behaviour, "after_chunks", None)
+        resp = web.StreamResponse(headers={**headers, "Cache-Control": "no-cache"})
+        resp.content_type = "text/event-stream"
+        resp.charset = "utf-8"
+        await resp.prepare(request)
+        try:
+            for sent, event in enumerate(events):
+                if limit is not None and sent >= limit:
+                    break
+                if sent and reply.chunk_delay:
+                    await self._pause(reply.chunk_delay)
+                await resp.write(b"data: " + _dumps(event) + b"\n\n")
+            if isinstance(behaviour, CutStream):
+                _drop(request)
+                return resp
+            if isinstance(behaviour, StallStream):
+                await self._hang()
+                _drop(request)
+                return resp
+            if isinstance(behaviour, MalformedChunk):
+                await resp.write(b"data: {not json\n\n")
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+        except ConnectionError:
+            pass
+        return resp
+
+
+def _drop(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+
+
+class _Completion:
+    """Builds one completion (object or chunks) deterministically from a request and a Reply."""
+
+    def __init__(self, fake: FakeUpstream, body: dict[str, Any], reply: Reply, n: int) -> None:
+        self.id = f"chatcmpl-fake{n:010d}"
+        self.created = int(time.time())
+        self.model = reply.model or str(body.get("model") or "gpt-4o-mini")
+        self.reply = reply
+        self.calls = [
+            {
+                "id": call.get("id") or f"call_fake{n:06d}{index:03d}",
+                "name": call["name"],
+                "arguments": call.get("arguments", ""),
+            }
+            for index, call in enumerate(reply.tool_calls or ())
+        ]
+        self.finish = reply.finish_reason or ("tool_calls" if self.calls else "stop")
+        prompt = max(_message_words(body.get("messages")), 1)
+        completion = _words(reply.content) + sum(_words(c["arguments"]) for c in self.calls)
+        over = dict(reply.usage or {})
+        prompt = over.get("prompt_tokens", prompt)
+        completion = over.get("completion_tokens", max(completion, 1))
+        self.usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {
+                "cached_tokens": over.get("cached_tokens", 0),
+                "audio_tokens": 0,
+            },
+            "completion_tokens_details": {
+                "reasoning_tokens": over.get("reasoning_tokens", 0),
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        }
+
+    def object(self) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": None if self.calls and not self.reply.content else self.reply.content,
+            "refusal": None,
+        }
+        if self.calls:
+            message["tool_calls"] = [
+                {
+                    "id": c["id"],
+                    "type": "function",
+                    "function": {"name": c["name"], "arguments": c["arguments"]},
+                }
+                for c in self.calls
+            ]
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish}
+            ],
+            "usage": self.usage,
+            "system_fingerprint": "fp_fake",
+        }
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None, usage: bool) -> dict[str, Any]:
+        chunk: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": "fp_fake",
+            "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            ],
+        }
+        if usage:
+            chunk["usage"] = None
+        return chunk
+
+    def chunks(self, include_usage: bool) -> Iterator[dict[str, Any]]:
+        yield self._chunk({"role": "assistant", "content": "", "refusal": None}, None,
+                          include_usage)
+        for piece in _WORD.findall(self.reply.content):
+            yield self._chunk({"content": piece}, None, include_usage)
+        for index, call in enumerate(self.calls):
+            yield self._chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": index,
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": call["name"], "arguments": ""},
+                        }
+                    ]
+                },
+                None,
+                include_usage,
+            )
+            args = call["arguments"]
+            step = max(len(args) // 3, 1)
+            for start in range(0, len(args), step):
+                yield self._chunk(
+                    {"tool_calls": [{"index": index,
+                                     "function": {"arguments": args[start:start + step]}}]},
+                    None,
+                    include_usage,
+                )
+        yield self._chunk({}, self.finish, include_usage)
+        if include_usage:
+            yield {
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "system_fingerprint": "fp_fake",
+                "choices": [],
+                "usage": self.usage,
+            }

@@ -1,0 +1,199 @@
+"""Rotation: how outcomes change model and provider state (SPEC §3.4).
+
+Deactivation triggers (per pool): consecutive failures ≥ ``failure_threshold``; error rate over
+``error_rate_threshold`` in ``error_rate_window`` (with at least ``error_rate_min_requests``);
+an upstream status listed in ``deactivate_on``; ``max_requests`` / ``max_tokens`` used; an
+account-quota 429 (until its Retry-After or the next UTC day); rejected credentials (the whole
+provider). Recovery: when the cooldown expires the state filter lets one trial request through
+(half-open); success reactivates, failure starts a new cooldown. ``reactivate`` and ``rotate``
+are the manual controls.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .errors import AuthenticationError, ProviderError, RateLimitError
+from .events import EventEmitter, EventType
+from .state import ACTIVE, STANDBY, ModelState, StateStore
+from .types import Model, RateLimitInfo
+
+if TYPE_CHECKING:
+    from .pools import CapabilityPool
+    from .state import Clock
+
+__all__ = ["RotationManager"]
+
+_PROVIDER_COOLDOWN_AUTH = 300.0
+
+
+class RotationManager:
+    """Applies attempt outcomes to state and emits the matching events."""
+
+    __slots__ = ("_clock", "_events", "_state")
+
+    def __init__(self, state: StateStore, events: EventEmitter, clock: Clock) -> None:
+        self._state = state
+        self._events = events
+        self._clock = clock
+
+    # -- outcomes
+
+    def begin(self, model: Model) -> ModelState:
+        """Note an attempt starting; a standby model being tried is a half-open trial."""
+        st = self._state.model(model.id)
+        if st.status != ACTIVE:
+            st.trial_in_flight = True
+        return st
+
+    def success(
+        self,
+        pool: CapabilityPool,
+        model: Model,
+        st: ModelState,
+        *,
+        latency_ms: float,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost: float,
+        rate_limit: RateLimitInfo | None,
+    ) -> None:
+        """Record a successful attempt."""
+        now = self._clock()
+        tokens = prompt_tokens + completion_tokens
+        st.requests += 1
+        st.successes += 1
+        st.consecutive_failures = 0
+        st.prompt_tokens += prompt_tokens
+        st.completion_tokens += completion_tokens
+        st.cost += cost
+        st.last_success = now
+        st.outcomes.append((now, True))
+        st.record_latency(latency_ms)
+        st.count(now, 1, tokens, cost)
+        if rate_limit is not None:
+            st.rate_limit = rate_limit
+            st.rate_limit_at = now
+        ps = self._state.provider(model.provider)
+        ps.requests += 1
+        ps.cost += cost
+        ps.count(now, 1, tokens, cost)
+        if not ps.available:
+            ps.available, ps.auth_valid = True, True
+            ps.deactivation_reason, ps.cooldown_until = None, 0.0
+            if self._events.enabled:
+                self._events.emit(EventType.PROVIDER_UP, provider=model.provider)
+        if st.status != ACTIVE:
+            self._recover(model, st, pool)
+        cfg = pool.config
+        if cfg.max_requests is not None and st.requests >= cfg.max_requests:
+            self.deactivate(model, "request_limit", until=0.0, pool=pool)
+        elif cfg.max_tokens is not None and st.tokens >= cfg.max_tokens:
+            self.deactivate(model, "token_limit", until=0.0, pool=pool)
+
+    def failure(self, pool: CapabilityPool, model: Model, st: ModelState, error: BaseException) -> None:
+        """Record a failed attempt and deactivate the model or provider when a trigger fires."""
+        now = self._clock()
+        status = getattr(error, "status", None)
+        counts = not (
+            isinstance(error, ProviderError)
+            and not error.retryable
+            and not isinstance(error, AuthenticationError)
+            and status not in pool.retry.rotate_codes
+        )
+        was_trial = st.trial_in_flight
+        st.trial_in_flight = False
+        st.last_failure = now
+        st.last_error = str(error)[:500]
+        if not counts:
+            # The request itself was bad (400, 422, context length): not the model's fault.
+            return
+        st.requests += 1
+        st.failures += 1
+        st.consecutive_failures += 1
+        st.outcomes.append((now, False))
+        st.count(now, 1, 0, 0.0)
+        ps = self._state.provider(model.provider)
+        ps.requests += 1
+        ps.failures += 1
+        cfg = pool.config
+        if isinstance(error, AuthenticationError):
+            ps.auth_valid = False
+            self.provider_down(model.provider, "authentication_rejected", now + _PROVIDER_COOLDOWN_AUTH)
+            return
+        if isinstance(error, RateLimitError):
+            wait = error.retry_after
+            if error.quota:
+                until = now + wait if wait else (int(now // 86400) + 1) * 86400.0
+                self.deactivate(model, "quota_exhausted", until=until, pool=pool)
+                return
+            st.retry_after_until = now + (wait if wait is not None else min(cfg.cooldown, 5.0))
+        if was_trial:
+            self.deactivate(model, st.deactivation_reason or "error_threshold",
+                            until=now + cfg.cooldown, pool=pool)
+            return
+        if status is not None and status in cfg.deactivate_on:
+            self.deactivate(model, f"status_{status}", until=now + cfg.cooldown, pool=pool)
+        elif st.consecutive_failures >= cfg.failure_threshold:
+            self.deactivate(model, "error_threshold", until=now + cfg.cooldown, pool=pool)
+        elif cfg.error_rate_threshold is not None:
+            rate, n = st.error_rate(now, cfg.error_rate_window)
+            if n >= cfg.error_rate_min_requests and rate >= cfg.error_rate_threshold:
+                self.deactivate(model, "error_rate", until=now + cfg.cooldown, pool=pool)
+
+    # -- transitions
+
+    def deactivate(
+        self, model: Model, reason: str, *, until: float, pool: CapabilityPool | None = None
+    ) -> None:
+        """Put ``model`` in standby for ``reason`` until ``until`` (0 = until reactivated)."""
+        st = self._state.model(model.id)
+        was_active = st.status == ACTIVE
+        st.status = STANDBY
+        st.deactivation_reason = reason
+        st.cooldown_until = until
+        st.deactivated_at = self._clock()
+        st.trial_in_flight = False
+        if was_active:
+            st.rotations += 1
+            if self._events.enabled:
+                self._events.emit(
+                    EventType.MODEL_DEACTIVATED, model=model.id, provider=model.provider,
+                    pool=pool.name if pool is not None else None, reason=reason,
+                    cooldown_until=until or None,
+                )
+
+    def _recover(self, model: Model, st: ModelState, pool: CapabilityPool | None) -> None:
+        reason = st.deactivation_reason
+        st.status = ACTIVE
+        st.deactivation_reason = None
+        st.cooldown_until = 0.0
+        st.trial_in_flight = False
+        st.consecutive_failures = 0
+        if self._events.enabled:
+            self._events.emit(
+                EventType.MODEL_RECOVERED, model=model.id, provider=model.provider,
+                pool=pool.name if pool is not None else None, previous_reason=reason,
+            )
+
+    def reactivate(self, model: Model) -> None:
+        """Manual recovery of a model (and its provider)."""
+        st = self._state.model(model.id)
+        st.retry_after_until = 0.0
+        ps = self._state.provider(model.provider)
+        if not ps.available:
+            ps.available, ps.auth_valid = True, True
+            ps.deactivation_reason, ps.cooldown_until = None, 0.0
+        if st.status != ACTIVE:
+            self._recover(model, st, None)
+
+    def provider_down(self, provider: str, reason: str, until: float) -> None:
+        """Deactivate every model of ``provider`` (in every pool) until ``until``."""
+        ps = self._state.provider(provider)
+        was = ps.available
+        ps.available = False
+        ps.deactivation_reason = reason
+        ps.cooldown_until = until
+        if was and self._events.enabled:
+            self._events.emit(EventType.PROVIDER_DOWN, provider=provider, reason=reason,
+                              cooldown_until=until or None)
