@@ -223,7 +223,7 @@ class PoolConfig:
     max_requests: int | None = None
     max_tokens: int | None = None
     cooldown: Duration = Duration(60.0)
-    retry: RetryConfig = Factory(RetryConfig)
+    retry: RetryConfig | None = None
     timeout: TimeoutConfig | None = None
     budget: BudgetConfig | None = None
     description: str = ""

@@ -180,6 +180,28 @@ class Router:
         middleware: Sequence[Any] = (),
         runner: Callable[[Coroutine[Any, Any, Any]], Any] | None = None,
     ) -> None:
+        self._ids = itertools.count(1)
+        self._batches: dict[str, tuple[BatchJob, asyncio.Task[None]]] = {}
+        self._runner = runner
+        self.configure(pipeline=pipeline, pools=pools, providers=providers, rotation=rotation,
+                       budgets=budgets, events=events, clock=clock, rng=rng,
+                       middleware=middleware)
+
+    def configure(
+        self,
+        *,
+        pipeline: RoutingPipeline,
+        pools: Mapping[str, CapabilityPool],
+        providers: Mapping[str, Provider],
+        rotation: RotationManager,
+        budgets: BudgetTracker,
+        events: EventEmitter,
+        clock: Clock,
+        rng: random.Random | None = None,
+        middleware: Sequence[Any] = (),
+    ) -> None:
+        """Swap in a new set of routing objects (hot reload); running requests finish on the
+        objects they started with."""
         self._pipeline = pipeline
         self._pools = pools
         self._providers = providers
@@ -188,9 +210,6 @@ class Router:
         self._event_emitter = events
         self._clock = clock
         self._rng = rng or random.Random()
-        self._ids = itertools.count(1)
-        self._batches: dict[str, tuple[BatchJob, asyncio.Task[None]]] = {}
-        self._runner = runner
         self._mw_before = tuple(m.before_request for m in middleware
                                 if hasattr(m, "before_request"))
         self._mw_after = tuple(m.after_response for m in reversed(middleware)

@@ -1,0 +1,140 @@
+"""ModelMesh: capability-driven AI model routing with automatic failover.
+
+Importing this package has no side effects: no plugin discovery, no logging sinks
+(``loguru`` is disabled for ``modelmesh_core`` until an application enables it).
+"""
+
+from __future__ import annotations
+
+from loguru import logger as _logger
+
+from .capabilities import CapabilityTree
+from .config import MeshConfig, load_config
+from .errors import (
+    AllProvidersExhaustedError,
+    AuthenticationError,
+    BudgetExceededError,
+    CapabilityNotFoundError,
+    ConfigError,
+    ContentFilterError,
+    ContextLengthError,
+    ModelMeshError,
+    NoActiveModelError,
+    PluginError,
+    ProviderError,
+    ProviderTimeoutError,
+    RateLimitError,
+    RoutingError,
+    StreamInterruptedError,
+)
+from .hookspecs import hookimpl, hookspec
+from .pipeline import PipelineStage, RoutingPipeline
+from .pools import CapabilityPool, Services
+from .types import (
+    BatchJob,
+    CapabilitySpec,
+    CompletionRequest,
+    CompletionResponse,
+    DiscoverySpec,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    FilterSpec,
+    MiddlewareSpec,
+    Model,
+    ModelInfo,
+    PipelineContext,
+    PipelineRequest,
+    PipelineResult,
+    Pricing,
+    Provider,
+    ProviderContext,
+    ProviderSpec,
+    RoutingDecision,
+    RoutingOptions,
+    SecretStoreSpec,
+    SinkSpec,
+    StageSpec,
+    StorageSpec,
+    StrategySpec,
+    Timeouts,
+    ToolCall,
+)
+
+_logger.disable("modelmesh_core")
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AllProvidersExhaustedError",
+    "AuthenticationError",
+    "BatchJob",
+    "BudgetExceededError",
+    "CapabilityNotFoundError",
+    "CapabilityPool",
+    "CapabilitySpec",
+    "CapabilityTree",
+    "CompletionRequest",
+    "CompletionResponse",
+    "ConfigError",
+    "ContentFilterError",
+    "ContextLengthError",
+    "DiscoverySpec",
+    "EmbeddingRequest",
+    "EmbeddingResponse",
+    "FilterSpec",
+    "MeshConfig",
+    "MiddlewareSpec",
+    "Model",
+    "ModelInfo",
+    "ModelMesh",
+    "ModelMeshError",
+    "NoActiveModelError",
+    "PipelineContext",
+    "PipelineRequest",
+    "PipelineResult",
+    "PipelineStage",
+    "PluginError",
+    "Pricing",
+    "Provider",
+    "ProviderContext",
+    "ProviderError",
+    "ProviderSpec",
+    "ProviderTimeoutError",
+    "RateLimitError",
+    "Router",
+    "RoutingDecision",
+    "RoutingError",
+    "RoutingOptions",
+    "RoutingPipeline",
+    "SecretStoreSpec",
+    "Services",
+    "SinkSpec",
+    "StageSpec",
+    "StorageSpec",
+    "StrategySpec",
+    "StreamInterruptedError",
+    "Timeouts",
+    "ToolCall",
+    "create",
+    "create_async",
+    "hookimpl",
+    "hookspec",
+    "load_config",
+]
+
+
+def __getattr__(name: str) -> object:
+    # Heavier modules (aiohttp sessions, the client) load on first use to keep import cheap.
+    if name == "ModelMesh":
+        from .mesh import ModelMesh
+
+        return ModelMesh
+    if name == "Router":
+        from .router import Router
+
+        return Router
+    if name in ("create", "create_async"):
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'modelmesh_core' has no attribute {name!r}")
