@@ -835,18 +835,23 @@ def _unknown_pool(pool: str, known: list[str]) -> WireError:
 
 
 def _mesh_proxy_config(mesh: Any) -> ProxyConfig:
-    config = getattr(mesh, "config", None)
-    proxy = getattr(config, "proxy", None)
-    return proxy if isinstance(proxy, ProxyConfig) else ProxyConfig()
+    """``mesh.config.proxy`` once the mesh is built; before that, from its config source."""
+    if mesh.started:
+        return mesh.config.proxy
+    source = getattr(mesh, "_source", None)
+    if source is None:
+        return ProxyConfig()
+    from .config import MeshConfig, load_config
+
+    try:
+        config = source if isinstance(source, MeshConfig) else load_config(source)
+    except ConfigError:
+        return ProxyConfig()  # initialize() reports the problems
+    return config.proxy
 
 
 def _mesh_initialized(mesh: Any) -> bool:
-    flag = getattr(mesh, "initialized", None)
-    if flag is None:
-        flag = getattr(mesh, "is_initialized", None)
-    if callable(flag):
-        flag = flag()
-    return bool(flag)
+    return bool(mesh.started)
 
 
 _HTTP_MESSAGES = {
