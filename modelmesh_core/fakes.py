@@ -11,7 +11,8 @@ OpenAI-compatible provider adapter talks to, in the documented wire shapes:
 * ``POST /v1/embeddings`` — deterministic, hash-based unit vectors (``float`` or ``base64``);
 * ``GET /v1/models`` — the configured model list;
 * the Azure OpenAI shapes ``/openai/deployments/{deployment}/chat/completions`` and
-  ``…/embeddings`` (authenticated by an ``api-key`` header), see :attr:`FakeUpstream.azure_base_url`.
+  ``…/embeddings`` (authenticated by an ``api-key`` header); see
+  :attr:`FakeUpstream.azure_base_url`.
 
 Every answer carries ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` headers; the
 remaining counts go down within a one-minute window of the injectable clock. Errors use the
@@ -132,24 +133,31 @@ _ERROR_DEFAULTS: dict[int, tuple[str, str | None, str]] = {
         "invalid_api_key",
         "Incorrect API key provided. You can find your API key in your account settings.",
     ),
-    403: ("invalid_request_error", "unsupported_country_region_territory",
-          "Country, region, or territory not supported."),
-    404: ("invalid_request_error", "model_not_found",
-          "The model does not exist or you do not have access to it."),
+    403: (
+        "invalid_request_error",
+        "unsupported_country_region_territory",
+        "Country, region, or territory not supported.",
+    ),
+    404: (
+        "invalid_request_error",
+        "model_not_found",
+        "The model does not exist or you do not have access to it.",
+    ),
     408: ("timeout", None, "Request timed out."),
     409: ("conflict", None, "The request conflicts with another request."),
     422: ("invalid_request_error", None, "Unprocessable request."),
     429: ("requests", "rate_limit_exceeded", "Rate limit reached for requests."),
-    500: ("server_error", None,
-          "The server had an error while processing your request. Sorry about that!"),
+    500: (
+        "server_error",
+        None,
+        "The server had an error while processing your request. Sorry about that!",
+    ),
     502: ("server_error", None, "Bad gateway."),
     503: ("server_error", None, "The engine is currently overloaded, please try again later."),
     504: ("server_error", None, "Gateway timeout."),
 }
 
-_QUOTA_MESSAGE = (
-    "You exceeded your current quota, please check your plan and billing details."
-)
+_QUOTA_MESSAGE = "You exceeded your current quota, please check your plan and billing details."
 
 
 @frozen
@@ -204,8 +212,12 @@ class Fail:
     def body(self) -> dict[str, Any]:
         """The OpenAI error body this failure sends."""
         kind, code, message = _ERROR_DEFAULTS.get(
-            self.status, ("server_error" if self.status >= 500 else "invalid_request_error",
-                          None, f"HTTP {self.status}.")
+            self.status,
+            (
+                "server_error" if self.status >= 500 else "invalid_request_error",
+                None,
+                f"HTTP {self.status}.",
+            ),
         )
         code = self.code if self.code is not None else code
         if self.status == 429 and code == "insufficient_quota":
@@ -295,8 +307,16 @@ class RateLimited:
 
 
 Behaviour: TypeAlias = (
-    Reply | Fail | Silent | CutStream | StallStream | MalformedJSON | MalformedChunk
-    | WrongContentType | Flaky | RateLimited
+    Reply
+    | Fail
+    | Silent
+    | CutStream
+    | StallStream
+    | MalformedJSON
+    | MalformedChunk
+    | WrongContentType
+    | Flaky
+    | RateLimited
 )
 """Any scriptable behaviour record."""
 
@@ -520,9 +540,9 @@ class FakeUpstream:
         app.router.add_post("/openai/deployments/{deployment}/embeddings", self._embeddings)
         app.router.add_get("/openai/models", self._models)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, self._host, self._port)
         await site.start()
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or ()
@@ -738,7 +758,9 @@ class FakeUpstream:
         if fail.headers:
             out.update(fail.headers)
         return web.Response(
-            status=fail.status, body=_dumps(fail.body()), headers=out,
+            status=fail.status,
+            body=_dumps(fail.body()),
+            headers=out,
             content_type="application/json",
         )
 
@@ -887,14 +909,17 @@ class FakeUpstream:
                 return await self._partial_body(request, behaviour, headers)
             if isinstance(behaviour, MalformedChunk):
                 return (await self._common(request, MalformedJSON(), headers)) or web.Response()
-        reply = behaviour if isinstance(behaviour, Reply) else Reply(
-            content="This stream will not finish as it should, sorry."
+        reply = (
+            behaviour
+            if isinstance(behaviour, Reply)
+            else Reply(content="This stream will not finish as it should, sorry.")
         )
         await self._pause(reply.delay)
         completion = _Completion(self, body, reply, next(self._ids))
         if not stream:
             return web.Response(
-                body=_dumps(completion.object()), content_type="application/json",
+                body=_dumps(completion.object()),
+                content_type="application/json",
                 headers=headers,
             )
         return await self._sse(request, body, behaviour, reply, completion, headers)
@@ -1017,17 +1042,16 @@ class _Completion:
             "created": self.created,
             "model": self.model,
             "system_fingerprint": "fp_fake",
-            "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            ],
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
         if usage:
             chunk["usage"] = None
         return chunk
 
     def chunks(self, include_usage: bool) -> Iterator[dict[str, Any]]:
-        yield self._chunk({"role": "assistant", "content": "", "refusal": None}, None,
-                          include_usage)
+        yield self._chunk(
+            {"role": "assistant", "content": "", "refusal": None}, None, include_usage
+        )
         for piece in _WORD.findall(self.reply.content):
             yield self._chunk({"content": piece}, None, include_usage)
         for index, call in enumerate(self.calls):
@@ -1049,8 +1073,11 @@ class _Completion:
             step = max(len(args) // 3, 1)
             for start in range(0, len(args), step):
                 yield self._chunk(
-                    {"tool_calls": [{"index": index,
-                                     "function": {"arguments": args[start:start + step]}}]},
+                    {
+                        "tool_calls": [
+                            {"index": index, "function": {"arguments": args[start : start + step]}}
+                        ]
+                    },
                     None,
                     include_usage,
                 )
