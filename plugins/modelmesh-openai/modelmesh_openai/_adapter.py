@@ -25,6 +25,8 @@ from typing import Any
 
 import aiohttp
 from loguru import logger
+from yarl import URL
+
 from modelmesh_core.errors import (
     AuthenticationError,
     ContentFilterError,
@@ -46,7 +48,6 @@ from modelmesh_core.types import (
     Timeouts,
     ToolCall,
 )
-from yarl import URL
 
 from ._config import Connector, OpenAIConfig
 

@@ -6,6 +6,7 @@ import os
 from urllib.parse import urlsplit
 
 from attrs import Factory, field, frozen
+
 from modelmesh_core.errors import ConfigError
 
 __all__ = ["Connector", "OpenAIConfig"]

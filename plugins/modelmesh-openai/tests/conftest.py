@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 import orjson
 import pytest
+
 from modelmesh_core.fakes import FakeUpstream
 from modelmesh_core.types import ProviderContext
-
 from modelmesh_openai import OpenAIAdapter, OpenAIConfig, modelmesh_providers
 
 KEY = "sk-test-0123456789abcdef"

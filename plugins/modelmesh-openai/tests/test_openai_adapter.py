@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 from aiohttp import web
+
 from modelmesh_core.fakes import FakeUpstream, Reply, tool_call
 from modelmesh_core.types import (
     CompletionRequest,
@@ -13,7 +14,6 @@ from modelmesh_core.types import (
     RateLimitInfo,
     Timeouts,
 )
-
 from modelmesh_openai import OpenAIConfig, modelmesh_providers
 
 KEY = "sk-test-0123456789abcdef"  # the key the ``fake`` fixture accepts
