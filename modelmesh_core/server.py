@@ -441,7 +441,7 @@ class ProxyServer:
     def options(request: web.Request, key: _KeyState | None) -> RoutingOptions:
         """Routing hints from the request headers."""
         headers = request.headers
-        metadata: dict[str, Any] = {"request_id": request["request_id"]}
+        metadata: dict[str, Any] = {"request_id": request[REQUEST_ID]}
         if key is not None:
             metadata["virtual_key"] = key.name
         return RoutingOptions(
@@ -495,7 +495,7 @@ class ProxyServer:
         resp = await self._guarded(request, self.router.complete(name, creq, options))
         self._charge(key, resp.metadata)
         return web.Response(body=dumps(completion_to_dict(resp)), content_type=_JSON,
-                            headers=self.result_headers(resp, request["request_id"]))
+                            headers=self.result_headers(resp, request[REQUEST_ID]))
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/completions`` (legacy text completions over the chat router)."""
@@ -509,7 +509,7 @@ class ProxyServer:
         self._charge(key, resp.metadata)
         return web.Response(body=dumps(completion_to_text_completion_dict(resp)),
                             content_type=_JSON,
-                            headers=self.result_headers(resp, request["request_id"]))
+                            headers=self.result_headers(resp, request[REQUEST_ID]))
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/embeddings``."""
@@ -521,7 +521,7 @@ class ProxyServer:
         self._charge(key, getattr(resp, "metadata", None))
         fmt = ereq.metadata.get("encoding_format", "float")
         return web.Response(body=dumps(embeddings_to_dict(resp, fmt)), content_type=_JSON,
-                            headers=self.result_headers(resp, request["request_id"]))
+                            headers=self.result_headers(resp, request[REQUEST_ID]))
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/models``: pools (virtual models) first, then concrete models."""
@@ -589,7 +589,7 @@ class ProxyServer:
             if first is None:
                 raise WireError("The upstream ended the stream without any chunk.",
                                 status=502, code="empty_stream")
-            headers = self.result_headers(first, request["request_id"])
+            headers = self.result_headers(first, request[REQUEST_ID])
             headers.update(_SSE_HEADERS)
             resp = web.StreamResponse(status=200, headers=headers)
             await resp.prepare(request)
@@ -860,6 +860,9 @@ _HTTP_MESSAGES = {
     405: ("Method {method} is not allowed on {path}.", "method_not_allowed"),
 }
 
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("modelmesh_request_id", str)
+"""The request id of a request (incoming ``x-request-id`` or a new one)."""
+
 SERVER_STATE: web.AppKey[ProxyServer] = web.AppKey("modelmesh_proxy", ProxyServer)
 """Where the :class:`ProxyServer` of an application lives (``app[SERVER_STATE]``)."""
 
@@ -870,7 +873,7 @@ def _make_middleware(server: ProxyServer) -> Any:
     @web.middleware
     async def edge(request: web.Request, handler: Any) -> web.StreamResponse:
         started = time.perf_counter()
-        request["request_id"] = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request[REQUEST_ID] = request.headers.get("x-request-id") or uuid.uuid4().hex
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
@@ -925,7 +928,7 @@ def _error_response(server: ProxyServer, request: web.Request,
                                     lambda: request.path, lambda: status,
                                     lambda: body["error"]["message"][:300])
     headers = dict(headers)
-    headers["x-request-id"] = request.get("request_id", "")
+    headers["x-request-id"] = request.get(REQUEST_ID, "")
     return web.Response(status=status, body=dumps(body), content_type=_JSON, headers=headers)
 
 
@@ -946,7 +949,7 @@ def _preflight(server: ProxyServer, request: web.Request) -> web.Response:
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     server = request.app[SERVER_STATE]
-    rid = request.get("request_id")
+    rid = request.get(REQUEST_ID)
     if rid and "x-request-id" not in response.headers:
         response.headers["x-request-id"] = rid
     if not server.cors_enabled:
