@@ -396,11 +396,12 @@ class ModelMesh:
             p = asm.pools[pool]
         except KeyError:
             raise KeyError(f"no pool named {pool!r}; pools: {sorted(asm.pools)}") from None
-        rotate = getattr(p.strategy, "rotate", None)
-        if rotate is not None:
-            rotate()
         ctx = PipelineContext(capability=pool, pool=p, candidates=list(p.models),
                               now=self._clock())
+        rotate = getattr(p.strategy, "rotate", None)
+        if rotate is not None and p.models:
+            p.strategy.order(p.models, ctx)  # let a fresh strategy learn the pool order first
+            rotate()
         first = p.strategy.order(p.models, ctx)[0].id if p.models else ""
         if self.events.enabled:
             self.events.emit(EventType.POOL_ROTATED, pool=pool, model=first, manual=True)

@@ -100,6 +100,7 @@ class RotationManager:
             and not error.retryable
             and not isinstance(error, AuthenticationError)
             and status not in pool.retry.rotate_codes
+            and status not in pool.config.deactivate_on
         )
         was_trial = st.trial_in_flight
         st.trial_in_flight = False
@@ -140,6 +141,11 @@ class RotationManager:
             rate, n = st.error_rate(now, cfg.error_rate_window)
             if n >= cfg.error_rate_min_requests and rate >= cfg.error_rate_threshold:
                 self.deactivate(model, "error_rate", until=now + cfg.cooldown, pool=pool)
+
+    def provider_available(self, provider: str) -> bool:
+        """False while ``provider`` is marked down (checked between attempts of a request)."""
+        ps = self._state.provider(provider)
+        return ps.available or (0 < ps.cooldown_until <= self._clock())
 
     # -- transitions
 

@@ -367,14 +367,15 @@ class Router:
         )
 
     async def _next_step(
-        self, exc: ProviderError, policy: RetryConfig, plan: list[Model], i: int,
+        self, exc: ProviderError, pool: CapabilityPool, plan: list[Model], i: int,
         same_model_tries: int, n_attempts: int,
     ) -> tuple[int, int]:
         """Decide what follows a failed attempt: ``(next index, same-model tries)``.
 
         Raises ``exc`` when the error is the caller's (non-retryable).
         """
-        action = _classify(exc, policy)
+        policy = pool.retry
+        action = _ROTATE if exc.status in pool.config.deactivate_on else _classify(exc, policy)
         if action == _RAISE:
             raise exc
         if n_attempts >= policy.max_attempts:
@@ -462,6 +463,9 @@ class Router:
         i = tries = n = 0
         while i < len(plan) and n < policy.max_attempts:
             model = plan[i]
+            if n and not self._rotation.provider_available(model.provider):
+                i += 1  # its provider went down during this request (e.g. key rejected)
+                continue
             provider = self._providers[model.provider]
             timeouts = pool.timeouts or provider.timeouts
             st = self._rotation.begin(model)
@@ -482,7 +486,7 @@ class Router:
                 self._record_failure(result, model, st, exc, request_id, n)
                 t_wait = perf_counter()
                 try:
-                    i, tries = await self._next_step(exc, policy, plan, i, tries, n)
+                    i, tries = await self._next_step(exc, pool, plan, i, tries, n)
                 except ProviderError:
                     self._failed(result, request_id, exc)
                     raise
@@ -554,6 +558,9 @@ class Router:
         i = tries = n = 0
         while i < len(plan) and n < policy.max_attempts:
             model = plan[i]
+            if n and not self._rotation.provider_available(model.provider):
+                i += 1  # its provider went down during this request (e.g. key rejected)
+                continue
             provider = self._providers[model.provider]
             timeouts = pool.timeouts or provider.timeouts
             st = self._rotation.begin(model)
@@ -606,7 +613,7 @@ class Router:
                     raise err from exc
                 upstream += perf_counter() - ts
                 try:
-                    i, tries = await self._next_step(exc, policy, plan, i, tries, n)
+                    i, tries = await self._next_step(exc, pool, plan, i, tries, n)
                 except ProviderError:
                     self._failed(result, request_id, exc)
                     raise
