@@ -490,9 +490,9 @@ class FakeUpstream:
 
     @property
     def port(self) -> int:
-        """The bound port (after :meth:`start`)."""
-        if self._runner is None:
-            raise RuntimeError("FakeUpstream is not running; call start() first")
+        """The bound port (after :meth:`start`; kept after :meth:`stop`, for refused calls)."""
+        if not self._port:
+            raise RuntimeError("FakeUpstream has no port yet; call start() first")
         return self._port
 
     @property

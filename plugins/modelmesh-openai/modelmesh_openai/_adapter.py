@@ -81,6 +81,14 @@ def parse_duration(value: str) -> float | None:
         return float(text)
     except ValueError:
         pass
+    # fast paths for the common single-unit forms ("20ms", "1.5s")
+    try:
+        if text.endswith("ms"):
+            return float(text[:-2]) / 1000.0
+        if text.endswith("s") and text[-2:-1].isdigit() and "m" not in text and "h" not in text:
+            return float(text[:-1])
+    except ValueError:
+        pass
     total = 0.0
     pos = 0
     for match in _DURATION.finditer(text):
