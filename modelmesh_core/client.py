@@ -40,6 +40,13 @@ __all__ = ["AsyncMeshClient", "MeshClient", "OpenAIObject", "create", "create_as
 ConfigSource = str | os.PathLike[str] | Mapping[str, Any] | MeshConfig | None
 
 
+_OPTIONAL = frozenset({
+    "content", "role", "tool_calls", "refusal", "function_call", "logprobs", "usage",
+    "finish_reason", "system_fingerprint", "prompt_tokens_details", "completion_tokens_details",
+    "service_tier", "audio", "annotations", "name", "id",
+})
+
+
 class OpenAIObject:
     """Attribute access over an OpenAI-shaped JSON object (``obj.choices[0].message``)."""
 
@@ -52,6 +59,8 @@ class OpenAIObject:
         try:
             value = self._data[name]
         except KeyError:
+            if name in _OPTIONAL:
+                return None  # absent optional fields read as None, as in the OpenAI SDK
             raise AttributeError(name) from None
         return _wrap(value)
 
