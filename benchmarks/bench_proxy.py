@@ -1,0 +1,247 @@
+"""Benchmark: what the ModelMesh proxy adds in front of an OpenAI-compatible upstream.
+
+Three processes, so no one steals the others' GIL: a FakeUpstream, the proxy started with
+the real CLI (``modelmesh serve``), and this client (raw aiohttp, lean on purpose).
+
+Measured:
+
+* added latency at concurrency 1: proxy vs direct to the fake upstream, interleaved in
+  rounds (direct and proxied batches alternate), median per round, median of rounds;
+* throughput and p50 / p99 latency at concurrency 32 and 128 (proxied, with the direct
+  numbers for reference);
+* streaming time-to-first-chunk overhead (interleaved like the latency test);
+* the proxy process's RSS after the run.
+
+Run: ``python benchmarks/bench_proxy.py`` (about 40 s; ``--quick`` for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+BODY = orjson.dumps({"model": "chat", "messages": [{"role": "user", "content": "hi"}]})
+DIRECT_BODY = orjson.dumps({"model": "gpt-4o-mini",
+                            "messages": [{"role": "user", "content": "hi"}]})
+STREAM_BODY = orjson.dumps({"model": "chat", "stream": True,
+                            "messages": [{"role": "user", "content": "hi"}]})
+DIRECT_STREAM_BODY = orjson.dumps({"model": "gpt-4o-mini", "stream": True,
+                                   "messages": [{"role": "user", "content": "hi"}]})
+HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench-0123456789"}
+
+
+# --------------------------------------------------------------------------- child roles
+
+
+async def _upstream_role() -> None:
+    from modelmesh_core.fakes import FakeUpstream
+
+    async with FakeUpstream() as fake:
+        print(fake.port, flush=True)
+        await asyncio.Event().wait()
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _wait(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            try:
+                async with s.get(url) as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+async def _one(session: aiohttp.ClientSession, url: str, body: bytes) -> float:
+    t0 = time.perf_counter()
+    async with session.post(url, data=body, headers=HEADERS) as r:
+        await r.read()
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status} from {url}")
+    return (time.perf_counter() - t0) * 1000
+
+
+async def _first_chunk(session: aiohttp.ClientSession, url: str, body: bytes) -> float:
+    t0 = time.perf_counter()
+    async with session.post(url, data=body, headers=HEADERS) as r:
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status} from {url}")
+        async for line in r.content:
+            if line.startswith(b"data: "):
+                ttfc = (time.perf_counter() - t0) * 1000
+                break
+        else:
+            raise RuntimeError("stream without data")
+        await r.read()
+    return ttfc
+
+
+async def _interleaved(session: aiohttp.ClientSession, fn, pairs, rounds: int, n: int
+                       ) -> tuple[float, float, float]:
+    """Median of per-round medians: (direct, proxied, added)."""
+    direct_meds, proxy_meds, added = [], [], []
+    for r in range(rounds):
+        meds = {}
+        order = pairs if r % 2 == 0 else pairs[::-1]
+        for name, url, body in order:
+            samples = [await fn(session, url, body) for _ in range(n)]
+            meds[name] = statistics.median(samples)
+        direct_meds.append(meds["direct"])
+        proxy_meds.append(meds["proxy"])
+        added.append(meds["proxy"] - meds["direct"])
+    return (statistics.median(direct_meds), statistics.median(proxy_meds),
+            statistics.median(added))
+
+
+async def _load(url: str, body: bytes, concurrency: int, total: int) -> tuple[float, float, float]:
+    """(requests/s, p50 ms, p99 ms) for ``total`` requests at ``concurrency``."""
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    latencies: list[float] = []
+    remaining = total
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for _ in range(min(concurrency, 50)):  # warm the connections
+            await _one(session, url, body)
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                latencies.append(await _one(session, url, body))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    latencies.sort()
+    p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
+    return len(latencies) / elapsed, p(0.5), p(0.99)
+
+
+async def _bench(args: argparse.Namespace) -> int:
+    import psutil
+
+    upstream = subprocess.Popen([sys.executable, __file__, "--role", "upstream"],
+                                stdout=subprocess.PIPE, text=True, env=_env())
+    proxy: subprocess.Popen[str] | None = None
+    tmp = tempfile.TemporaryDirectory()
+    try:
+        assert upstream.stdout is not None
+        up_port = int(upstream.stdout.readline())
+        direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
+        port = _free_port()
+        config = Path(tmp.name) / "bench.yaml"
+        config.write_text(
+            "providers:\n"
+            "  fake:\n"
+            "    connector: openai.llm.v1\n"
+            f"    config: {{base_url: 'http://127.0.0.1:{up_port}/v1', "
+            "api_key: sk-bench-0123456789}\n"
+            "models:\n  fake.gpt-4o-mini: {}\n"
+            "pools:\n  chat: {models: [fake.gpt-4o-mini]}\n"
+            "discovery: {auto_detect: false}\n")
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "modelmesh_core.cli", "serve", "-c", str(config),
+             "--port", str(port)], stdout=subprocess.DEVNULL, env=_env())
+        base = f"http://127.0.0.1:{port}"
+        await _wait(base + "/health")
+        proxied = base + "/v1/chat/completions"
+        rows: list[tuple[str, str, str, str]] = []
+
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as s:
+            for _ in range(100):  # warm-up both paths
+                await _one(s, direct, DIRECT_BODY)
+                await _one(s, proxied, BODY)
+            d, p, added = await _interleaved(
+                s, _one, [("direct", direct, DIRECT_BODY), ("proxy", proxied, BODY)],
+                args.rounds, args.n)
+            rows.append(("latency, concurrency 1 (median of round medians)",
+                         f"{d:.3f} ms", f"{p:.3f} ms", f"+{added:.3f} ms"))
+            d, p, added = await _interleaved(
+                s, _first_chunk, [("direct", direct, DIRECT_STREAM_BODY),
+                                  ("proxy", proxied, STREAM_BODY)],
+                args.rounds, max(20, args.n // 2))
+            rows.append(("stream time to first chunk, concurrency 1",
+                         f"{d:.3f} ms", f"{p:.3f} ms", f"+{added:.3f} ms"))
+
+        for conc in (32, 128):
+            rd, d50, d99 = await _load(direct, DIRECT_BODY, conc, args.total)
+            rp, p50, p99 = await _load(proxied, BODY, conc, args.total)
+            rows.append((f"throughput, concurrency {conc}", f"{rd:,.0f} req/s",
+                         f"{rp:,.0f} req/s", f"{100 * rp / rd:.0f}% of direct"))
+            rows.append((f"p50 / p99, concurrency {conc}", f"{d50:.1f} / {d99:.1f} ms",
+                         f"{p50:.1f} / {p99:.1f} ms", ""))
+
+        rss = psutil.Process(proxy.pid).memory_info().rss / 2**20
+        rows.append(("proxy RSS after the run", "", f"{rss:.1f} MiB", ""))
+
+        widths = [max(len(r[i]) for r in [*rows, ("measure", "direct", "proxy", "added")])
+                  for i in range(4)]
+        head = ("measure", "direct", "proxy", "added")
+        print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
+        print("  ".join("-" * w for w in widths))
+        for row in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        print(f"\n{os.cpu_count()} CPUs, Python {sys.version.split()[0]}; rounds={args.rounds},"
+              f" n={args.n}, total per load run={args.total}")
+        return 0
+    finally:
+        for proc in (proxy, upstream):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        tmp.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (or one of its child roles)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--role", choices=["upstream"], help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
+    parser.add_argument("--n", type=int, default=200, help="requests per batch in a round")
+    parser.add_argument("--total", type=int, default=3000,
+                        help="requests per throughput run")
+    parser.add_argument("--quick", action="store_true", help="small numbers (smoke run)")
+    args = parser.parse_args(argv)
+    if args.role == "upstream":
+        asyncio.run(_upstream_role())
+        return 0
+    if args.quick:
+        args.rounds, args.n, args.total = 3, 30, 300
+    return asyncio.run(_bench(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
