@@ -553,6 +553,24 @@ def interpolate(
     return data
 
 
+def _mask_secret_section(section: Any) -> Any:
+    """The ``secrets`` section with every value under ``config`` masked (it may hold keys)."""
+    if not isinstance(section, Mapping) or not isinstance(section.get("config"), Mapping):
+        return section
+
+    def mask(value: Any) -> Any:
+        if isinstance(value, str):
+            register_secret(value)
+            return SecretStr(value)
+        if isinstance(value, Mapping):
+            return {k: mask(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [mask(v) for v in value]
+        return value
+
+    return {**section, "config": mask(section["config"])}
+
+
 def read_source(source: str | os.PathLike[str] | Mapping[str, Any] | None) -> dict[str, Any]:
     """Raw config data from a path, YAML text, or a mapping."""
     if source is None:
@@ -589,9 +607,21 @@ def _deepcopy(data: Any) -> Any:
     return data
 
 
-def structure_sections(raw: Mapping[str, Any]) -> tuple[MeshConfig | None, list[str]]:
-    """Structure the top level section by section so that every section's errors are found."""
+_ENTRY_SECTIONS = {"providers": ProviderConfig, "models": ModelConfig, "pools": PoolConfig}
+
+
+def structure_sections(
+    raw: Mapping[str, Any],
+) -> tuple[MeshConfig, list[str], dict[str, set[str]]]:
+    """Structure the top level section by section (and providers / models / pools entry by
+    entry) so that every problem is found in one pass.
+
+    Returns the config built from everything that structured cleanly, the errors, and the
+    names of entries dropped because they were invalid (so that later checks do not report
+    references to them as unknown).
+    """
     errors: list[str] = []
+    broken: dict[str, set[str]] = {}
     fields = {a.name: a for a in attrs.fields(attrs.resolve_types(MeshConfig))}
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
@@ -602,28 +632,33 @@ def structure_sections(raw: Mapping[str, Any]) -> tuple[MeshConfig | None, list[
             continue
         if value is None:
             continue
+        entry_type = _ENTRY_SECTIONS.get(key)
+        if entry_type is not None and isinstance(value, Mapping):
+            good: dict[str, Any] = {}
+            for name, entry in value.items():
+                out, errs = structure(entry, entry_type, f"{key}.{name}")
+                if errs:
+                    errors.extend(errs)
+                    broken.setdefault(key, set()).add(str(name))
+                else:
+                    good[str(name)] = out
+            kwargs[key] = good
+            continue
         value_out, errs = structure(value, fields[key].type, key)  # type: ignore[arg-type]
         errors.extend(errs)
         if not errs:
             kwargs[key] = value_out
-    if errors:
-        return None, errors
-    return MeshConfig(**kwargs), []
+    return MeshConfig(**kwargs), errors, broken
 
 
-def load_config(
-    source: str | os.PathLike[str] | Mapping[str, Any] | MeshConfig | None,
+def load_config_collect(
+    source: str | os.PathLike[str] | Mapping[str, Any],
     *,
     env: Mapping[str, str] | None = None,
     secret_resolver: Callable[[ConnectorRef, list[str]], Callable[[str], str | None]] | None = None,
-) -> MeshConfig:
-    """Read, interpolate and structure a configuration (plugin-level checks live in the mesh).
-
-    ``secret_resolver(secrets_ref, errors)`` builds the ``${secrets:…}`` lookup from the
-    ``secrets`` section; without one, ``${secrets:NAME}`` reads the environment.
-    """
-    if isinstance(source, MeshConfig):
-        return source
+) -> tuple[MeshConfig, list[str], dict[str, set[str]]]:
+    """Like :func:`load_config` but returns ``(config, errors, broken entries)`` instead of
+    raising, so that callers can add their own checks to the same error report."""
     raw = read_source(source)
     env = os.environ if env is None else env
     errors: list[str] = []
@@ -639,10 +674,26 @@ def load_config(
         {k: v for k, v in raw.items() if k != "secrets"}, env, lookup, errors
     )
     if secrets_raw is not None:
-        data["secrets"] = secrets_raw
-    config, errs = structure_sections(data)
+        data["secrets"] = _mask_secret_section(secrets_raw)
+    config, errs, broken = structure_sections(data)
     errors.extend(errs)
+    return config, errors, broken
+
+
+def load_config(
+    source: str | os.PathLike[str] | Mapping[str, Any] | MeshConfig | None,
+    *,
+    env: Mapping[str, str] | None = None,
+    secret_resolver: Callable[[ConnectorRef, list[str]], Callable[[str], str | None]] | None = None,
+) -> MeshConfig:
+    """Read, interpolate and structure a configuration (plugin-level checks live in the mesh).
+
+    ``secret_resolver(secrets_ref, errors)`` builds the ``${secrets:…}`` lookup from the
+    ``secrets`` section; without one, ``${secrets:NAME}`` reads the environment.
+    """
+    if isinstance(source, MeshConfig):
+        return source
+    config, errors, _ = load_config_collect(source, env=env, secret_resolver=secret_resolver)
     if errors:
         raise ConfigError(errors)
-    assert config is not None
     return config

@@ -33,7 +33,7 @@ from .config import (
     PoolConfig,
     RetryScope,
     TimeoutConfig,
-    load_config,
+    load_config_collect,
     read_source,
     structure,
     structure_plugin_config,
@@ -468,6 +468,8 @@ class ModelMesh:
                 await close()
 
     def _assemble(self, source: Any, state: StateStore | None) -> _Assembly:
+        errors: list[str] = []
+        broken: dict[str, set[str]] = {}
         if isinstance(source, MeshConfig):
             raw: dict[str, Any] | None = None
             plugins_cfg = source.plugins
@@ -475,7 +477,9 @@ class ModelMesh:
             raw = read_source(source)
             plugins_cfg, errs = structure(raw.get("plugins") or {}, PluginsConfig, "plugins")
             if errs:
-                raise ConfigError(errs)
+                errors.extend(errs)
+                raw = {k: v for k, v in raw.items() if k != "plugins"}
+                plugins_cfg = PluginsConfig()
         strict = self._strict if self._strict is not None else plugins_cfg.strict
         entry_points = (self._entry_points if self._entry_points is not None
                         else plugins_cfg.entry_points)
@@ -485,20 +489,24 @@ class ModelMesh:
         registry = PluginRegistry.from_manager(pm, report)
         holder: dict[str, Any] = {}
 
-        def secret_resolver(ref: ConnectorRef, errors: list[str]) -> Callable[[str], str | None]:
-            store = self._secret_store(registry, ref, errors)
+        def secret_resolver(ref: ConnectorRef, errs: list[str]) -> Callable[[str], str | None]:
+            store = self._secret_store(registry, ref, errs)
             holder["store"] = store
             return store.get if store is not None else (lambda name: None)
 
         if raw is not None:
-            config = load_config(raw, env=self._env, secret_resolver=secret_resolver)
+            config, errs, broken = load_config_collect(raw, env=self._env,
+                                                       secret_resolver=secret_resolver)
+            errors.extend(errs)
+            if errors and "plugins" not in raw:
+                config = attrs.evolve(config, plugins=plugins_cfg)
         else:
             config = source
-            errs = []
-            holder["store"] = self._secret_store(registry, config.secrets, errs)
-            if errs:
-                raise ConfigError(errs)
-        return _Builder(self, config, registry, holder.get("store"), state).build()
+            holder["store"] = self._secret_store(registry, config.secrets, errors)
+        builder = _Builder(self, config, registry, holder.get("store"), state)
+        builder.errors.extend(errors)
+        builder.broken = broken
+        return builder.build()
 
     def _secret_store(self, registry: PluginRegistry, ref: ConnectorRef,
                       errors: list[str]) -> Any:
@@ -537,6 +545,7 @@ class _Builder:
         self.secret_store = secret_store
         self.state = state
         self.errors: list[str] = []
+        self.broken: dict[str, set[str]] = {}
 
     def err(self, path: str, message: str) -> None:
         self.errors.append(f"{path}: {message}")
@@ -559,6 +568,7 @@ class _Builder:
         clock = self.mesh._clock
         pools = self._pools(tree, models, providers)
         if self.errors:
+            self._late_checks()
             raise ConfigError(self.errors)
         self._implicit_pools(tree, models, pools)
         direct = self._direct_pools(models)
@@ -593,6 +603,28 @@ class _Builder:
             middleware=middleware, sinks=sinks, discovery=discovery,
             secret_store=self.secret_store,
         )
+
+    def _late_checks(self) -> None:
+        """Checks that do not need a buildable runtime, run when earlier ones already failed
+        so that every problem is reported at once."""
+        reg = self.registry
+        cfg = self.config
+        if cfg.storage.connector not in reg.storage:
+            self._storage()
+        for i, sc in enumerate(cfg.plugins.stages):
+            source = sc.connector or sc.name
+            if source not in reg.stages and (sc.enabled or sc.name not in reg.stages):
+                self.err(f"plugins.stages.{i}.connector" if sc.connector else
+                         f"plugins.stages.{i}.name",
+                         f"unknown stage {source!r}{_hint(source, reg.stages)}")
+        for refs, table, path in ((cfg.plugins.middleware, reg.middleware, "plugins.middleware"),
+                                  (cfg.observability.sinks, reg.sinks, "observability.sinks"),
+                                  (cfg.discovery.connectors, reg.discovery,
+                                   "discovery.connectors")):
+            for i, ref in enumerate(refs):
+                if ref.connector not in table:
+                    self.err(f"{path}.{i}.connector", f"unknown connector {ref.connector!r}"
+                             f"{_hint(ref.connector, table)}")
 
     # -- pieces
 
@@ -698,7 +730,8 @@ class _Builder:
             provider = mc.provider or mid.split(".", 1)[0]
             referenced.add(provider)
             if provider not in specs:
-                if provider not in cfg.providers:
+                if provider not in cfg.providers and provider not in self.broken.get(
+                        "providers", ()):
                     self.err(f"{path}.provider" if mc.provider else path,
                              f"unknown provider {provider!r}{_hint(provider, cfg.providers)}; "
                              f"providers: {', '.join(sorted(cfg.providers)) or 'none'}")
@@ -797,7 +830,7 @@ class _Builder:
         for i, mid in enumerate(pc.models or ()):
             model = models.get(mid)
             if model is None:
-                if mid not in self.config.models:
+                if mid not in self.config.models and mid not in self.broken.get("models", ()):
                     self.err(f"{path}.models.{i}", f"unknown model {mid!r}"
                              f"{_hint(mid, models)}")
                 continue
@@ -833,7 +866,8 @@ class _Builder:
                 self.err(path, "give a capability, a models list, or both")
             for key in ("providers", "excluded_providers"):
                 for i, prov in enumerate(getattr(pc, key) or ()):
-                    if prov not in cfg.providers and prov not in providers:
+                    if prov not in cfg.providers and prov not in providers and (
+                            prov not in self.broken.get("providers", ())):
                         self.err(f"{path}.{key}.{i}", f"unknown provider {prov!r}"
                                  f"{_hint(prov, cfg.providers)}")
             self._check_policy(path, pc)
