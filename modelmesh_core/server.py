@@ -276,6 +276,8 @@ class ProxyServer:
         self._pool_of_name: dict[str, str | None] = {}
         self._semaphore: asyncio.Semaphore | None = None
         self.active_streams = 0
+        # router request id -> virtual key, for streams: their cost arrives in an event
+        self._stream_charges: dict[str, _KeyState] = {}
         self._configure(self.config)
 
     # ----------------------------------------------------------------- configuration
@@ -340,7 +342,18 @@ class ProxyServer:
         self._refresh_catalogue()
         events = getattr(self.mesh, "events", None)
         if events is not None:
-            self._unsubscribe = events.subscribe(self.metrics.on_event)
+            metrics_listener = self.metrics.on_event
+            charges = self._stream_charges
+
+            def listener(event: Event) -> None:
+                metrics_listener(event)
+                if charges and event.type == EventType.REQUEST_SUCCEEDED:
+                    key = charges.pop(event.request_id or "", None)
+                    cost = event.data.get("cost")
+                    if key is not None and isinstance(cost, int | float):
+                        key.spend(float(cost), time.time())
+
+            self._unsubscribe = events.subscribe(listener)
         self.ready = True
         try:
             yield
@@ -577,7 +590,7 @@ class ProxyServer:
         async with contextlib.AsyncExitStack() as stack:
             if sem is not None:
                 await stack.enter_async_context(sem)
-            watch = await stack.enter_async_context(_DisconnectWatch(request))
+            await stack.enter_async_context(_DisconnectWatch(request))
             self.active_streams += 1
             stack.callback(self._stream_done)
             agen = self.router.stream(name, creq, options)
@@ -593,29 +606,29 @@ class ProxyServer:
             headers.update(_SSE_HEADERS)
             resp = web.StreamResponse(status=200, headers=headers)
             await resp.prepare(request)
-            await self._pump(request, resp, first, agen, include_usage(creq), legacy, key, watch)
+            rid = first.metadata.get("request_id") if first.metadata else None
+            if key is not None and key.budget is not None and rid:
+                self._stream_charges[rid] = key
+                stack.callback(self._stream_charges.pop, rid, None)
+            await self._pump(resp, first, agen, include_usage(creq), legacy)
             return resp
         raise _ClientGone  # the watch swallowed its own cancellation: the client left
 
     def _stream_done(self) -> None:
         self.active_streams -= 1
 
-    async def _pump(self, request: web.Request, resp: web.StreamResponse,
-                    first: CompletionResponse, agen: Any, want_usage: bool, legacy: bool,
-                    key: _KeyState | None, watch: _DisconnectWatch) -> None:
+    async def _pump(self, resp: web.StreamResponse, first: CompletionResponse, agen: Any,
+                    want_usage: bool, legacy: bool) -> None:
         stream_id = first.id or f"{'cmpl' if legacy else 'chatcmpl'}-{uuid.uuid4().hex}"
         created = first.created or int(time.time())
         model = first.model
         usage: dict[str, int] | None = None
-        meta: dict[str, Any] | None = None
         chunk: CompletionResponse | None = first
         is_first = True
         try:
             while chunk is not None:
                 if chunk.usage:
                     usage = chunk.usage
-                if chunk.metadata:
-                    meta = chunk.metadata
                 if (is_first or chunk.content or chunk.tool_calls or chunk.finish_reason
                         or chunk.refusal is not None):
                     if legacy:
@@ -636,7 +649,6 @@ class ProxyServer:
                                        else "chat.completion.chunk")
                 await resp.write(b"data: " + dumps(obj) + b"\n\n")
             await resp.write(_DONE)
-            self._charge(key, meta)
         except ConnectionResetError:
             logger.debug("client went away mid-stream; upstream request cancelled")
             return

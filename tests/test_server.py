@@ -642,3 +642,24 @@ async def test_graceful_shutdown_drains_streams(fakes: tuple[FakeUpstream, FakeU
         c.choices[0].delta.content or "" for c in rest)
     assert text == "a b c d e f g h"
     assert not mesh.started, "the app initialised the mesh, so it shut it down"
+
+
+async def test_virtual_key_budget_counts_streams(fakes: tuple[FakeUpstream, FakeUpstream]
+                                                 ) -> None:
+    from modelmesh_core.config import BudgetConfig
+
+    config = mesh_config(*fakes)
+    priced = {"pricing": {"input": 1_000_000, "output": 1_000_000}}  # $1 per token
+    config["models"] = {"alpha.gpt-4o-mini": priced, "beta.gpt-4o-mini": priced}
+    proxy_cfg = ProxyConfig(auth=ProxyAuthConfig(keys=(
+        VirtualKeyConfig(key="mm-budget-key", name="team-a",
+                         budget=BudgetConfig(daily=0.5)),)))
+    async with running_proxy(config, proxy_cfg) as proxy:
+        client = proxy.client("mm-budget-key")
+        stream = await client.chat.completions.create(model="chat", messages=MSG, stream=True)
+        assert [c async for c in stream]
+        with pytest.raises(openai.RateLimitError) as info:
+            await client.chat.completions.create(model="chat", messages=MSG)
+        assert info.value.code == "budget_exceeded"
+        assert info.value.response.headers["x-should-retry"] == "false"
+        assert "key:team-a daily budget" in info.value.message
