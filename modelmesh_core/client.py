@@ -24,7 +24,7 @@ from typing import Any
 
 from .config import MeshConfig
 from .mesh import ModelMesh
-from .types import CompletionRequest, CompletionResponse, RoutingOptions
+from .types import CompletionResponse, RoutingOptions
 from .wire import (
     chunk_to_dict,
     completion_to_dict,
@@ -259,8 +259,10 @@ class AsyncMeshClient:
         """Providers, models, pools and stages in force."""
         return (await self._ready()).describe()
 
-    async def explain(self, model: str | None = None,
-                      messages: list[dict[str, Any]] | None = None, **params: Any) -> dict[str, Any]:
+    async def explain(
+        self, model: str | None = None, messages: list[dict[str, Any]] | None = None,
+        **params: Any,
+    ) -> dict[str, Any]:
         """Which model would answer this request, and why the others would not."""
         mesh = await self._ready()
         name, request = parse_chat_request(_chat_body(

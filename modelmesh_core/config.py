@@ -85,7 +85,7 @@ def parse_size(value: Any) -> int:
 # --------------------------------------------------------------------------- schema
 
 
-class Backoff(str, enum.Enum):
+class Backoff(enum.StrEnum):
     """How long to wait before retrying."""
 
     FIXED = "fixed"
@@ -93,7 +93,7 @@ class Backoff(str, enum.Enum):
     RETRY_AFTER = "retry_after"
 
 
-class RetryScope(str, enum.Enum):
+class RetryScope(enum.StrEnum):
     """Which candidates a retry may go to."""
 
     SAME_MODEL = "same_model"
@@ -101,7 +101,7 @@ class RetryScope(str, enum.Enum):
     ANY = "any"
 
 
-class OnBudgetExceeded(str, enum.Enum):
+class OnBudgetExceeded(enum.StrEnum):
     """What an enforced budget does when it would be exceeded."""
 
     ROTATE = "rotate"

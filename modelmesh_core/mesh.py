@@ -770,7 +770,7 @@ class _Builder:
                 pricing=pricing, limits=_limits(mc.limits), priority=mc.priority,
                 weight=mc.weight,
             )
-        for name, provider in providers.items():
+        for name in providers:
             if name in referenced:
                 continue
             for info in specs[name].catalogue:
@@ -994,7 +994,7 @@ class _Builder:
                 current[0] if current is not None else spec.order)
             layout[sc.name] = (order, spec, sc.config)
         stages: list[Any] = []
-        for name, (order, spec, conf) in sorted(layout.items(), key=lambda kv: (kv[1][0], kv[0])):
+        for name, (_, spec, conf) in sorted(layout.items(), key=lambda kv: (kv[1][0], kv[0])):
             value = self.plugin_config(conf, spec.config_type, f"plugins.stages.{name}.config")
             stage = spec.factory(value, services)
             if getattr(stage, "name", None) != name:

@@ -141,7 +141,8 @@ def load_plugins(
     def fail(record: PluginLoadRecord) -> None:
         report.append(record)
         logger.warning(
-            "plugin {} ({}) failed to load: {}", record.name, record.distribution or "?", record.error
+            "plugin {} ({}) failed to load: {}",
+            record.name, record.distribution or "?", record.error,
         )
         if strict:
             raise PluginError(

@@ -90,4 +90,5 @@ class CapabilityPool:
         return [m.id for m in self.models]
 
     def __repr__(self) -> str:
-        return f"CapabilityPool({self.name!r}, capability={self.capability!r}, models={self.model_ids})"
+        return (f"CapabilityPool({self.name!r}, capability={self.capability!r}, "
+                f"models={self.model_ids})")

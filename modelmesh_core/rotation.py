@@ -91,7 +91,9 @@ class RotationManager:
         elif cfg.max_tokens is not None and st.tokens >= cfg.max_tokens:
             self.deactivate(model, "token_limit", until=0.0, pool=pool)
 
-    def failure(self, pool: CapabilityPool, model: Model, st: ModelState, error: BaseException) -> None:
+    def failure(
+        self, pool: CapabilityPool, model: Model, st: ModelState, error: BaseException
+    ) -> None:
         """Record a failed attempt and deactivate the model or provider when a trigger fires."""
         now = self._clock()
         status = getattr(error, "status", None)
@@ -120,7 +122,8 @@ class RotationManager:
         cfg = pool.config
         if isinstance(error, AuthenticationError):
             ps.auth_valid = False
-            self.provider_down(model.provider, "authentication_rejected", now + _PROVIDER_COOLDOWN_AUTH)
+            self.provider_down(model.provider, "authentication_rejected",
+                               now + _PROVIDER_COOLDOWN_AUTH)
             return
         if isinstance(error, RateLimitError):
             wait = error.retry_after

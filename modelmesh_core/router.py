@@ -255,7 +255,10 @@ class Router:
         self, name: str, request: CompletionRequest | None, options: RoutingOptions | None,
         mode: str,
     ) -> PipelineRequest:
-        tokens, features = estimate_request(request) if request is not None else (0, _EMPTY_FEATURES)
+        if request is not None:
+            tokens, features = estimate_request(request)
+        else:
+            tokens, features = 0, _EMPTY_FEATURES
         if options is None:
             return PipelineRequest(capability=name, delivery_mode=mode, request=request,
                                    features=features, estimated_tokens=tokens)

@@ -19,11 +19,11 @@ from .types import RateLimitInfo
 
 __all__ = [
     "Clock",
-    "UsageWindows",
     "MemoryStateStore",
     "ModelState",
     "ProviderState",
     "StateStore",
+    "UsageWindows",
     "utc_day",
     "utc_month",
 ]

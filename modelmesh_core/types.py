@@ -66,7 +66,7 @@ __all__ = [
 # --------------------------------------------------------------------------- enums
 
 
-class DeliveryMode(str, enum.Enum):
+class DeliveryMode(enum.StrEnum):
     """How a model can deliver its answer."""
 
     SYNC = "sync"
@@ -74,7 +74,7 @@ class DeliveryMode(str, enum.Enum):
     BATCH = "batch"
 
 
-class Feature(str, enum.Enum):
+class Feature(enum.StrEnum):
     """Optional model features a request may need."""
 
     TOOL_CALLING = "tool_calling"
@@ -505,8 +505,8 @@ class ProviderSpec:
 class StrategySpec:
     """A selection strategy registered by ``modelmesh_strategies``.
 
-    ``factory(config, services) -> SelectionStrategy`` is called once per pool at start-up; ``aliases``
-    are short names (``"round-robin"``) accepted in config.
+    ``factory(config, services) -> SelectionStrategy`` is called once per pool at start-up;
+    ``aliases`` are short names (``"round-robin"``) accepted in config.
     """
 
     name: str

@@ -55,7 +55,7 @@ def test_sync_streaming_and_early_close(upstreams):
 
 
 def test_sync_client_works_inside_a_running_loop(upstreams):
-    a, b = upstreams
+    a, _ = upstreams
 
     async def inside() -> str:
         client = modelmesh_core.create(config=openai_config([("a", a)]))

@@ -147,7 +147,8 @@ class RateLimitFilter:
             st = self._state.model(model.id)
             reset = info.reset_requests or 0.0
             if now < st.rate_limit_at + reset:
-                return f"upstream reports no requests left for {st.rate_limit_at + reset - now:.1f}s"
+                wait = st.rate_limit_at + reset - now
+                return f"upstream reports no requests left for {wait:.1f}s"
         provider = self._providers.get(model.provider)
         if provider is not None:
             pl = provider.limits

@@ -2,7 +2,7 @@
 
 | order | name | does |
 |---|---|---|
-| 100 | capability-resolver | name → matching pools (pool name, model id, alias/path → covering pools) |
+| 100 | capability-resolver | name → matching pools (pool, model id, alias/path → covering) |
 | 200 | pool-selection | one pool (priority, preferred provider) → its members as candidates |
 | 300 | delivery-filter | drops models lacking the delivery mode or a needed feature |
 | 400 | state-filter | drops standby / cooling / rate-limited / over-budget models |
