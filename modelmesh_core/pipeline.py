@@ -116,7 +116,7 @@ class RoutingPipeline:
         executed: list[str] = []
         for process, name, is_async in self._plan:
             out = process(context)
-            if is_async or inspect.isawaitable(out):
+            if is_async or (out is not context and inspect.isawaitable(out)):
                 out = await out
             if out is not None:
                 context = out
