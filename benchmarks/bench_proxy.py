@@ -47,7 +47,8 @@ HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench
 async def _upstream_role() -> None:
     from modelmesh_core.fakes import FakeUpstream
 
-    async with FakeUpstream() as fake:
+    # limits high enough that the ledger never predicts exhaustion during the run
+    async with FakeUpstream(rpm_limit=10**9, tpm_limit=10**12) as fake:
         print(fake.port, flush=True)
         await asyncio.Event().wait()
 
@@ -86,9 +87,9 @@ async def _wait(url: str, timeout: float = 30.0) -> None:
 async def _one(session: aiohttp.ClientSession, url: str, body: bytes) -> float:
     t0 = time.perf_counter()
     async with session.post(url, data=body, headers=HEADERS) as r:
-        await r.read()
+        data = await r.read()
         if r.status != 200:
-            raise RuntimeError(f"HTTP {r.status} from {url}")
+            raise RuntimeError(f"HTTP {r.status} from {url}: {data[:300]!r}")
     return (time.perf_counter() - t0) * 1000
 
 
