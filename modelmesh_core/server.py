@@ -70,6 +70,7 @@ _DONE = b"data: [DONE]\n\n"
 _EXPOSED = ("x-request-id, x-modelmesh-model, x-modelmesh-provider, x-modelmesh-pool, "
             "x-modelmesh-attempts, x-modelmesh-overhead-ms, retry-after")
 _DISCONNECT_POLL = 0.25
+_TOKEN_KINDS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -115,6 +116,8 @@ class ProxyMetrics:
             ("route",), registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+        self._success_cache: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+        self._http_cache: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._dispatch: dict[str, Callable[[Event], None]] = {
             EventType.REQUEST_SUCCEEDED: self._succeeded,
             EventType.REQUEST_FAILED: self._failed,
@@ -135,23 +138,46 @@ class ProxyMetrics:
     def _labels(e: Event) -> tuple[str, str, str]:
         return e.pool or "", e.model or "", e.provider or ""
 
+    def _success_children(self, labels: tuple[str, str, str]) -> tuple[Any, ...]:
+        children = self._success_cache.get(labels)
+        if children is None:
+            children = (
+                self.requests.labels(*labels, "success"),
+                self.latency.labels(*labels),
+                self.cost.labels(*labels),
+                tuple((kind, self.tokens.labels(*labels, kind.removesuffix("_tokens")))
+                      for kind in _TOKEN_KINDS),
+            )
+            self._success_cache[labels] = children
+        return children
+
     def _succeeded(self, e: Event) -> None:
-        labels = self._labels(e)
+        requests, latency_child, cost_child, token_children = self._success_children(
+            self._labels(e))
         data = e.data
-        self.requests.labels(*labels, "success").inc()
+        requests.inc()
         latency = data.get("latency_ms")
         if isinstance(latency, int | float):
-            self.latency.labels(*labels).observe(latency / 1000.0)
+            latency_child.observe(latency / 1000.0)
         usage = data.get("usage")
-        if isinstance(usage, Mapping):
-            for kind in ("prompt_tokens", "completion_tokens", "cached_tokens",
-                         "reasoning_tokens"):
+        if usage:
+            for kind, child in token_children:
                 n = usage.get(kind)
                 if n:
-                    self.tokens.labels(*labels, kind.removesuffix("_tokens")).inc(n)
+                    child.inc(n)
         cost = data.get("cost")
         if isinstance(cost, int | float) and cost > 0:
-            self.cost.labels(*labels).inc(cost)
+            cost_child.inc(cost)
+
+    def observe_http(self, route: str, status: int, seconds: float) -> None:
+        """Count one HTTP answer (label children cached: this runs on every request)."""
+        key = (route, status)
+        children = self._http_cache.get(key)
+        if children is None:
+            children = (self.http.labels(route, str(status)), self.http_latency.labels(route))
+            self._http_cache[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def _failed(self, e: Event) -> None:
         self.requests.labels(*self._labels(e), "failure").inc()
@@ -903,8 +929,7 @@ def _make_middleware(server: ProxyServer) -> Any:
                 response = _http_exception_response(server, request, exc)
             except Exception as exc:
                 response = _error_response(server, request, exc)
-        metrics.http.labels(route, str(response.status)).inc()
-        metrics.http_latency.labels(route).observe(time.perf_counter() - started)
+        metrics.observe_http(route, response.status, time.perf_counter() - started)
         return response
 
     return edge
