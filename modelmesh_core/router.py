@@ -251,6 +251,14 @@ class Router:
     def _request_id(self) -> str:
         return _ID_PREFIX + format(next(self._ids), "x")
 
+    @staticmethod
+    def _caller_id(options: RoutingOptions | None) -> str | None:
+        """A request id the caller chose (``RoutingOptions.metadata["request_id"]``)."""
+        if options is None or not options.metadata:
+            return None
+        rid = options.metadata.get("request_id")
+        return rid if isinstance(rid, str) and rid else None
+
     def _pipeline_request(
         self, name: str, request: CompletionRequest | None, options: RoutingOptions | None,
         mode: str,
@@ -423,7 +431,7 @@ class Router:
         router's own time, upstream time excluded) and ``request_id``.
         """
         t0 = perf_counter()
-        request_id = self._request_id()
+        request_id = self._caller_id(options) or self._request_id()
         if self._mw_before or self._mw_error:
             return await self._with_middleware(capability, request, options, "complete",
                                                request_id, t0)
@@ -434,7 +442,8 @@ class Router:
     ) -> EmbeddingResponse:
         """Route and run an embeddings request, failing over as the policy allows."""
         t0 = perf_counter()
-        return await self._run(capability, request, options, "embed", self._request_id(), t0)
+        request_id = self._caller_id(options) or self._request_id()
+        return await self._run(capability, request, options, "embed", request_id, t0)
 
     async def _with_middleware(
         self, capability: str, request: Any, options: RoutingOptions | None, kind: str,
@@ -552,7 +561,7 @@ class Router:
         Closing the generator early cancels the upstream request.
         """
         t0 = perf_counter()
-        request_id = self._request_id()
+        request_id = self._caller_id(options) or self._request_id()
         if self._mw_before:
             call = MiddlewareCall(name=capability, request=request, options=options,
                                   kind="stream", request_id=request_id)
@@ -603,11 +612,13 @@ class Router:
                 if first.usage:
                     usage = first.usage
                 delivered = 1
+                last = first
                 yield first
                 async for chunk in chunks:
                     if chunk.usage:
                         usage = chunk.usage
                     delivered += 1
+                    last = chunk
                     yield chunk
             except asyncio.CancelledError:
                 st.trial_in_flight = False
@@ -639,6 +650,8 @@ class Router:
             elapsed = perf_counter() - ts
             cost = self._record_success(result, model, st, elapsed * 1000.0, usage or {},
                                         rate_limit)
+            # Readable by the consumer once the stream is exhausted (the proxy bills on it).
+            last.metadata["cost"] = cost
             if events.enabled:
                 events.emit(EventType.REQUEST_SUCCEEDED, pool=pool.name, model=model.id,
                             provider=model.provider, request_id=request_id, attempts=n,
