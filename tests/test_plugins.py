@@ -344,13 +344,15 @@ async def test_no_hook_is_called_and_no_config_read_per_request(
         and getattr(obj, "__module__", "") == "modelmesh_core.config"
     ]
     assert "read_source" in config_functions
-    for name in config_functions:
-
-        def counted(*a: Any, _orig: Any = getattr(mesh_module, name), **k: Any) -> Any:
+    def counting(original: Any) -> Any:
+        def counted(*a: Any, **k: Any) -> Any:
             counts["config"] += 1
-            return _orig(*a, **k)
+            return original(*a, **k)
 
-        monkeypatch.setattr(mesh_module, name, counted)
+        return counted
+
+    for name in config_functions:
+        monkeypatch.setattr(mesh_module, name, counting(getattr(mesh_module, name)))
 
     embedded = EmbeddedPlugin()
     cfg = mock_config(providers=("a", "b"))
