@@ -70,7 +70,13 @@ class CapabilityNotFoundError(RoutingError):
 
 
 class NoActiveModelError(RoutingError):
-    """A pool matched but every model in it was filtered out (standby, cooldown, budget, …)."""
+    """A pool matched but every model in it was filtered out (standby, cooldown, budget, …).
+
+    ``retry_after`` is the number of seconds until the first of them comes back on its own
+    (cooldown or Retry-After expiry), or None when none will without intervention.
+    """
+
+    retry_after: float | None = None
 
 
 class AllProvidersExhaustedError(RoutingError):

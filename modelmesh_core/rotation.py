@@ -11,6 +11,7 @@ are the manual controls.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .errors import AuthenticationError, ProviderError, RateLimitError
@@ -149,6 +150,17 @@ class RotationManager:
         """False while ``provider`` is marked down (checked between attempts of a request)."""
         ps = self._state.provider(provider)
         return ps.available or (0 < ps.cooldown_until <= self._clock())
+
+    def earliest_return(self, model_ids: Iterable[str]) -> float | None:
+        """Seconds until the first of ``model_ids`` is usable again by itself, if any."""
+        now = self._clock()
+        best: float | None = None
+        for mid in model_ids:
+            st = self._state.model(mid)
+            until = max(st.cooldown_until if st.status != ACTIVE else 0.0, st.retry_after_until)
+            if until > now and (best is None or until - now < best):
+                best = until - now
+        return best
 
     # -- transitions
 

@@ -31,6 +31,7 @@ from .errors import (
     AuthenticationError,
     ContentFilterError,
     ContextLengthError,
+    NoActiveModelError,
     ProviderError,
     ProviderTimeoutError,
     RateLimitError,
@@ -281,6 +282,13 @@ class Router:
             estimated_tokens=tokens,
         )
 
+    async def _execute(self, preq: PipelineRequest) -> PipelineResult:
+        try:
+            return await self._pipeline.execute(preq)
+        except NoActiveModelError as exc:
+            exc.retry_after = self._rotation.earliest_return(exc.reasons)
+            raise
+
     async def route(
         self, capability: str, options: RoutingOptions | None = None,
         request: CompletionRequest | None = None,
@@ -473,7 +481,7 @@ class Router:
     ) -> Any:
         is_chat = kind == "complete"
         preq = self._pipeline_request(capability, request if is_chat else None, options, "sync")
-        result = await self._pipeline.execute(preq)
+        result = await self._execute(preq)
         pool = result.pool
         policy = pool.retry
         plan = [result.model, *result.fallback_chain]
@@ -569,7 +577,7 @@ class Router:
                 await before(call)
             capability, request, options = call.name, call.request, call.options
         preq = self._pipeline_request(capability, request, options, "streaming")
-        result = await self._pipeline.execute(preq)
+        result = await self._execute(preq)
         request = _with_usage(request)
         pool = result.pool
         policy = pool.retry

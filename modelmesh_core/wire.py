@@ -769,9 +769,11 @@ def _map(
             msg = f"{msg}. Available models: {shown}. See GET /v1/models."
         return 404, "invalid_request_error", "model_not_found", "model", msg, {}
     if isinstance(exc, NoActiveModelError):
+        headers = ({"Retry-After": _retry_after_header(exc.retry_after)}
+                   if exc.retry_after is not None else {})
         return (503, "service_unavailable", "no_active_model", None,
                 f"{exc}. Every model that could serve this request is inactive; retry later or "
-                "reactivate one (POST /admin/models/{id}/reactivate).", {})
+                "reactivate one (POST /admin/models/{id}/reactivate).", headers)
     if isinstance(exc, AllProvidersExhaustedError):
         return _map_exhausted(exc)
     if isinstance(exc, RoutingError):

@@ -471,3 +471,20 @@ async def test_overhead_is_reported(fake_upstream, make_mesh):
     resp = await mesh.router.complete("chat", req())
     assert 0 < resp.metadata["overhead_ms"] < resp.latency_ms + 50
     assert resp.metadata["pool"] == "chat" and resp.metadata["request_id"]
+
+
+async def test_no_active_model_says_when_one_returns(fake_upstream, make_mesh, manual_clock):
+    a = await fake_upstream()
+    mesh = await make_mesh(openai_config([("a", a)], failure_threshold=1, cooldown="40s"),
+                           clock=manual_clock)
+    a.script(Fail(500))
+    with pytest.raises(AllProvidersExhaustedError):
+        await mesh.router.complete("chat", req())
+    manual_clock.advance(10)
+    with pytest.raises(NoActiveModelError) as info:
+        await mesh.router.complete("chat", req())
+    assert info.value.retry_after == pytest.approx(30)
+    mesh.deactivate("a.gpt-4o-mini")  # manual standby never ends by itself
+    with pytest.raises(NoActiveModelError) as info:
+        await mesh.router.complete("chat", req())
+    assert info.value.retry_after is None
