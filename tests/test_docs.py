@@ -187,6 +187,7 @@ def test_schema_walk_sees_nested_keys() -> None:
     assert "plugins.stages[].order" in keys
     assert "proxy.auth.keys[].budget.daily" in keys
     assert "providers.<name>.config" in open_
+    assert "pools.<name>" in nodes
 
 
 def test_every_config_key_documented() -> None:
