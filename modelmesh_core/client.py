@@ -178,7 +178,8 @@ class _AsyncCompletions:
         iterator of chunks. Extra keywords ``session_id`` / ``preferred_provider`` steer
         routing."""
         client = self._client
-        routing = {k: params.pop(k) for k in ("session_id", "preferred_provider") if k in params}
+        routing: dict[str, Any] = {
+            k: params.pop(k) for k in ("session_id", "preferred_provider") if k in params}
         params.pop("extra_headers", None)
         params.pop("timeout", None)
         body = _chat_body(model, client.default_model, {"messages": messages, **params})

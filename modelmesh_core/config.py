@@ -652,7 +652,7 @@ def structure_sections(
 
 
 def load_config_collect(
-    source: str | os.PathLike[str] | Mapping[str, Any],
+    source: str | os.PathLike[str] | Mapping[str, Any] | None,
     *,
     env: Mapping[str, str] | None = None,
     secret_resolver: Callable[[ConnectorRef, list[str]], Callable[[str], str | None]] | None = None,

@@ -127,13 +127,13 @@ async def _run(requests: int, concurrency: int, stream_ratio: float, seed: int,
                                     max_retries=0)
 
         async def one(i: int, stream: bool) -> None:
-            messages = [{"role": "user", "content": _PROMPTS[i % len(_PROMPTS)]}]
+            messages: list[Any] = [{"role": "user", "content": _PROMPTS[i % len(_PROMPTS)]}]
             started = time.perf_counter()
             try:
                 if stream:
                     result.streams += 1
-                    s = await client.chat.completions.create(model="chat", messages=messages,
-                                                             stream=True)
+                    s: Any = await client.chat.completions.create(model="chat",
+                                                                  messages=messages, stream=True)
                     headers = s.response.headers
                     async for _chunk in s:
                         pass

@@ -75,7 +75,8 @@ class EventEmitter:
 
     def subscribe(self, listener: Callable[[Event], None] | Sink) -> Callable[[], None]:
         """Attach a callback (or a sink's ``emit``); returns a function that detaches it."""
-        fn: Callable[[Event], None] = getattr(listener, "emit", listener)  # type: ignore[assignment]
+        emit = getattr(listener, "emit", None)
+        fn: Callable[[Event], None] = emit if emit is not None else listener  # type: ignore[assignment]
         self._listeners.append(fn)
         self.enabled = True
 

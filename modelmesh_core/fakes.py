@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import itertools
 import math
@@ -633,7 +634,7 @@ class FakeUpstream:
     def _resolve(self, behaviour: Behaviour) -> Behaviour:
         while True:
             if isinstance(behaviour, Flaky):
-                rng = self._stateful(behaviour, lambda b=behaviour: random.Random(b.seed))
+                rng = self._stateful(behaviour, functools.partial(random.Random, behaviour.seed))
                 behaviour = behaviour.fail if rng.random() < behaviour.rate else behaviour.then
             elif isinstance(behaviour, RateLimited):
                 window = self._stateful(behaviour, lambda: _Window(start=self.clock()))

@@ -169,8 +169,8 @@ def load_plugins(
         for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             dist = ep.dist.name if ep.dist is not None else ""
             version = ep.dist.version if ep.dist is not None else ""
-            base = dict(name=ep.name, source="entrypoint", distribution=dist, version=version,
-                        module=ep.value)
+            base: dict[str, Any] = dict(name=ep.name, source="entrypoint", distribution=dist,
+                                        version=version, module=ep.value)
             if ep.name in blocked:
                 report.append(PluginLoadRecord(status="blocked", **base))
                 continue
@@ -278,7 +278,8 @@ class PluginRegistry:
                             f"plugin {plugin!r} returned {type(record).__name__} from "
                             f"{hook_name}; expected {record_type.__name__} records"
                         )
-                    key = record.path if isinstance(record, CapabilitySpec) else record.name
+                    key = (record.path if isinstance(record, CapabilitySpec)
+                           else record.name)  # type: ignore[attr-defined]
                     if key in table and table[key].plugin != plugin:
                         other = table[key].plugin
                         raise PluginError(

@@ -503,6 +503,7 @@ class Router:
             st = self._rotation.begin(model)
             n += 1
             ts = perf_counter()
+            response: Any
             try:
                 if is_chat:
                     response = await provider.adapter.complete(model, request, timeouts)
@@ -599,7 +600,7 @@ class Router:
             st = self._rotation.begin(model)
             n += 1
             ts = perf_counter()
-            chunks = provider.adapter.stream(model, request, timeouts)
+            chunks: Any = provider.adapter.stream(model, request, timeouts)
             delivered = 0
             usage: dict[str, int] | None = None
             rate_limit = None
