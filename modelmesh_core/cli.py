@@ -194,73 +194,17 @@ _ENTRY_SECTIONS = ("providers", "models", "pools")
 
 
 async def _check(path: str) -> str:
-    """Validate ``path``; raise one ConfigError listing schema *and* plugin-level problems.
+    """Validate ``path`` against the installed plugins; every problem in one ConfigError.
 
-    Schema errors stop ``load_config``, so the entries they are in are set aside and the rest
-    is built into a mesh (no network: nothing is sent) to find what only the plugins can tell
-    (unknown connector, provider or strategy, bad capability, …). Problems that merely follow
-    from a set-aside entry are not repeated.
+    Nothing is started and nothing is sent: secrets resolve through the configured store.
     """
-    from .config import load_config, read_source
     from .errors import ConfigError
+    from .mesh import ModelMesh
 
     if not Path(path).is_file():
         raise ConfigError([f"(file): {path} does not exist"])
-    raw = read_source(path)
-    try:
-        config = load_config(raw)
-    except ConfigError as exc:
-        first = list(exc.errors)
-        pruned, dropped = _prune(raw, first)
-        second: list[str] = []
-        if pruned is not None:
-            try:
-                await _build(load_config(pruned))
-            except ConfigError as again:
-                second = [e for e in again.errors if not _follows(e, dropped)]
-        raise ConfigError(first + [e for e in second if e not in first]) from None
-    return await _build(config)
-
-
-async def _build(config: Any) -> str:
-    from .mesh import ModelMesh
-
-    mesh = ModelMesh(config)
-    await mesh.initialize()  # plugin-level errors (connectors, providers, pools)
-    try:
-        return (f"{len(mesh.providers)} providers, {len(mesh.models)} models, "
-                f"{len(mesh.pools)} pools")
-    finally:
-        await mesh.shutdown()
-
-
-def _prune(raw: dict[str, Any], errors: list[str]) -> tuple[dict[str, Any] | None, set[str]]:
-    """``raw`` without the entries (or sections) the errors are in; None if nothing is left
-    worth building (the providers section itself is broken)."""
-    pruned = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
-    dropped: set[str] = set()
-    for error in errors:
-        where = error.partition(": ")[0]
-        section = where.split(".", 1)[0]
-        if section in _ENTRY_SECTIONS and isinstance(pruned.get(section), dict):
-            names = sorted((k for k in raw[section] if isinstance(k, str) and (
-                where == f"{section}.{k}" or where.startswith(f"{section}.{k}."))),
-                key=len, reverse=True)
-            if names:
-                pruned[section].pop(names[0], None)
-                dropped.add(names[0])
-                continue
-        if section == "providers":
-            return None, dropped
-        pruned.pop(section, None)
-        dropped.add(section)
-    return pruned, dropped
-
-
-def _follows(error: str, dropped: set[str]) -> bool:
-    where, _, message = error.partition(": ")
-    return any(where == name or where.startswith(name + ".") or f"'{name}'" in message
-               for name in dropped)
+    counts = ModelMesh(path).validate()
+    return f"{counts['providers']} providers, {counts['models']} models, {counts['pools']} pools"
 
 
 def _options(args: argparse.Namespace) -> Any:

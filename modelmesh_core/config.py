@@ -259,7 +259,6 @@ class StorageConfig:
 
     connector: str = "modelmesh.memory.v1"
     config: Any = Factory(dict)
-    sync_policy: str = "immediate"
 
 
 @frozen(kw_only=True)
@@ -267,7 +266,6 @@ class ObservabilityConfig:
     """Event sinks and request log level."""
 
     sinks: tuple[ConnectorRef, ...] = ()
-    request_log: str = "metadata"
 
 
 @frozen(kw_only=True)

@@ -38,7 +38,13 @@ from .config import (
     structure,
     structure_plugin_config,
 )
-from .errors import CapabilityNotFoundError, ConfigError, PluginError
+from .errors import (
+    AuthenticationError,
+    CapabilityNotFoundError,
+    ConfigError,
+    PluginError,
+    ProviderError,
+)
 from .events import EventEmitter, EventType
 from .pipeline import RoutingPipeline
 from .plugins import PluginRegistry, load_plugins
@@ -62,6 +68,8 @@ from .types import (
 )
 
 __all__ = ["ModelMesh"]
+
+_PROBE_COOLDOWN = 60.0
 
 T = TypeVar("T")
 
@@ -201,6 +209,8 @@ class ModelMesh:
             trust_env=False,
         )
         self._install(asm)
+        if asm.config.discovery.probe_on_start:
+            await self._probe(asm)
         for d in asm.discovery:
             await d.start()
         self._started = True
@@ -209,6 +219,23 @@ class ModelMesh:
         return self
 
     start = initialize
+
+    async def _probe(self, asm: _Assembly) -> None:
+        """Ask every provider for its model list once; mark those that fail as down."""
+        now = self._clock()
+
+        async def one(provider: Provider) -> None:
+            try:
+                await provider.adapter.list_models(provider.timeouts)
+            except AuthenticationError:
+                asm.rotation.provider_down(provider.name, "authentication_rejected",
+                                           now + _PROBE_COOLDOWN)
+            except ProviderError as exc:
+                logger.warning("probe of provider {} failed: {}", provider.name, exc)
+                asm.rotation.provider_down(provider.name, "probe_failed", now + _PROBE_COOLDOWN)
+            self.state.provider(provider.name).last_probe = now
+
+        await asyncio.gather(*(one(p) for p in asm.providers.values() if p.enabled))
 
     async def shutdown(self) -> None:
         """Stop background work, cancel batches, flush state, close adapters and the session."""
@@ -237,6 +264,19 @@ class ModelMesh:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.shutdown()
+
+    def validate(
+        self, config: str | os.PathLike[str] | Mapping[str, Any] | MeshConfig | None = None
+    ) -> dict[str, int]:
+        """Check a configuration against the installed plugins without starting anything.
+
+        Builds every object the mesh would use (secrets resolved through the configured
+        store) but opens no session and sends nothing. Raises :class:`ConfigError` listing
+        every problem; returns counts of providers, models and pools.
+        """
+        asm = self._assemble(self._source if config is None else config, state=None)
+        return {"providers": len(asm.providers), "models": len(asm.models),
+                "pools": len(asm.pools)}
 
     def initialize_sync(self) -> ModelMesh:
         """Initialize on a private loop thread so the ``*_sync`` methods can be used."""
@@ -586,7 +626,10 @@ class _Builder:
         filters = self._filters(bare)
         services = Services(filters=filters, **services_base)  # type: ignore[arg-type]
         stages = self._stages(services)
-        middleware = self._connectors(cfg.plugins.middleware, reg.middleware,
+        middleware_refs = sorted(
+            cfg.plugins.middleware,
+            key=lambda r: getattr(reg.middleware.get(r.connector), "order", 0))
+        middleware = self._connectors(middleware_refs, reg.middleware,
                                       "plugins.middleware", with_services=False)
         sinks = self._connectors(cfg.observability.sinks, reg.sinks, "observability.sinks",
                                  with_services=False)
@@ -680,8 +723,9 @@ class _Builder:
             try:
                 adapter = spec.factory(self.mesh._provider_context(name), conf)
             except ConfigError as exc:
-                self.errors.extend(f"{path}.config.{e}" if not e.startswith(path) else e
-                                   for e in exc.errors)
+                self.errors.extend(
+                    e if e.startswith(path) else
+                    f"{path}.config.{e.removeprefix('config.')}" for e in exc.errors)
                 continue
             providers[name] = Provider(name=name, connector=pc.connector, adapter=adapter,
                                        timeouts=timeouts, limits=_limits(pc.limits),
@@ -714,7 +758,12 @@ class _Builder:
             if errs:
                 logger.warning("auto-detected provider {} skipped: {}", name, "; ".join(errs))
                 continue
-            adapter = spec.factory(self.mesh._provider_context(name), conf)
+            try:
+                adapter = spec.factory(self.mesh._provider_context(name), conf)
+            except ConfigError as exc:
+                logger.warning("auto-detected provider {} skipped: {}", name,
+                               "; ".join(exc.errors))
+                continue
             providers[name] = Provider(name=name, connector=spec.name, adapter=adapter,
                                        timeouts=timeouts)
             specs[name] = spec

@@ -272,6 +272,12 @@ class PluginRegistry:
                     continue
                 if isinstance(result, record_type):
                     result = [result]
+                if not isinstance(result, list | tuple):
+                    raise PluginError(
+                        f"plugin {plugin!r} returned {type(result).__name__} from {hook_name}; "
+                        f"expected a list of {record_type.__name__} records (hooks are "
+                        "synchronous: an async def hookimpl returns a coroutine)"
+                    )
                 for record in result:
                     if not isinstance(record, record_type):
                         raise PluginError(

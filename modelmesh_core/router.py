@@ -765,7 +765,7 @@ class Router:
             coro.close()
             raise RuntimeError(
                 "this router has no loop thread for synchronous calls; use the async methods "
-                "or create the mesh with ModelMesh(...).start_sync()"
+                "or create the mesh with ModelMesh(...).initialize_sync()"
             )
         return self._runner(coro)  # type: ignore[no-any-return]
 

@@ -234,8 +234,12 @@ def mock_client(
     plugin = MockPlugin()
     cfg = config or mock_config(providers, latency=latency, chaos_rate=chaos_rate, seed=seed)
     client = create(capability, config=cfg, plugins=(plugin,))
+    if not plugin.adapters:
+        client.close()
+        raise ValueError("the config defines no modelmesh.mock.v1 provider")
     client.mocks = plugin.adapters  # type: ignore[attr-defined]
-    client.mock = plugin.adapters[providers[0]]  # type: ignore[attr-defined]
+    first = providers[0] if providers[0] in plugin.adapters else next(iter(plugin.adapters))
+    client.mock = plugin.adapters[first]  # type: ignore[attr-defined]
     client.mock.script(*script)  # type: ignore[attr-defined]
     return client
 

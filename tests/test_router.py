@@ -488,3 +488,15 @@ async def test_no_active_model_says_when_one_returns(fake_upstream, make_mesh, m
     with pytest.raises(NoActiveModelError) as info:
         await mesh.router.complete("chat", req())
     assert info.value.retry_after is None
+
+
+async def test_probe_on_start_marks_a_bad_provider_down(fake_upstream, make_mesh, manual_clock):
+    a, b = await fake_upstream(api_keys={"sk-other-0000000"}), await fake_upstream()
+    cfg = openai_config([("a", a), ("b", b)], strategy="priority-selection")
+    cfg["discovery"] = {"probe_on_start": True}
+    mesh = await make_mesh(cfg, clock=manual_clock)
+    assert mesh.state.provider("a").available is False
+    assert mesh.state.provider("b").available is True
+    assert mesh.state.provider("b").last_probe == manual_clock()
+    assert (await mesh.router.complete("chat", req())).provider == "b"
+    assert chat_calls(a) == 0

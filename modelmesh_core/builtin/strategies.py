@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from attrs import Factory, frozen
 
+from ..config import Duration
 from ..hookspecs import hookimpl
 from ..types import Model, PipelineContext, StrategySpec
 
@@ -350,7 +351,7 @@ class SessionStickinessConfig:
     """
 
     max_sessions: int = 10_000
-    ttl: float = 3600.0
+    ttl: Duration = Duration(3600.0)
 
 
 class _Pin:
@@ -452,7 +453,7 @@ class RateLimitAwareConfig:
     reset time.
     """
 
-    header_ttl: float = 60.0
+    header_ttl: Duration = Duration(60.0)
 
 
 def _fraction(remaining: int | None, limit: int | None) -> float:

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from attrs import Factory, field, frozen
 
+from modelmesh_core.config import Duration
 from modelmesh_core.errors import ConfigError
 
 __all__ = ["Connector", "OpenAIConfig"]
@@ -49,8 +50,8 @@ class OpenAIConfig:
     project: str | None = None
     headers: dict[str, str] = Factory(dict)
     api_version: str | None = None
-    key_cooldown: float = 60.0
-    auth_cooldown: float = 600.0
+    key_cooldown: Duration = Duration(60.0)
+    auth_cooldown: Duration = Duration(600.0)
 
 
 @frozen(kw_only=True)
