@@ -605,6 +605,33 @@ def _deepcopy(data: Any) -> Any:
     return data
 
 
+_NOT_SALVAGED = frozenset(
+    {"capability", "capabilities", "models", "config", "connector", "provider"})
+
+
+def _salvage(entry: Any, tp: type, prefix: str, errors: list[str]) -> Any:
+    """The entry without the keys that failed, when what is left still means the same thing.
+
+    This lets later checks (unknown strategy, provider, model …) run on an entry that also
+    has a type error elsewhere, so one pass reports everything. Keys that decide what the
+    entry is (its capability, models, connector …) are never dropped: their absence would
+    only produce follow-on errors.
+    """
+    if not isinstance(entry, Mapping):
+        return None
+    bad: set[str] = set()
+    for line in errors:
+        rest = line[len(prefix):]
+        if not rest.startswith("."):
+            return None
+        key = rest[1:].split(":", 1)[0].split(".", 1)[0]
+        if key in _NOT_SALVAGED:
+            return None
+        bad.add(key)
+    out, errs = structure({k: v for k, v in entry.items() if k not in bad}, tp, prefix)
+    return None if errs else out
+
+
 _ENTRY_SECTIONS = {"providers": ProviderConfig, "models": ModelConfig, "pools": PoolConfig}
 
 
@@ -637,9 +664,11 @@ def structure_sections(
                 out, errs = structure(entry, entry_type, f"{key}.{name}")
                 if errs:
                     errors.extend(errs)
-                    broken.setdefault(key, set()).add(str(name))
-                else:
-                    good[str(name)] = out
+                    out = _salvage(entry, entry_type, f"{key}.{name}", errs)
+                    if out is None:
+                        broken.setdefault(key, set()).add(str(name))
+                        continue
+                good[str(name)] = out
             kwargs[key] = good
             continue
         value_out, errs = structure(value, fields[key].type, key)  # type: ignore[arg-type]

@@ -391,7 +391,9 @@ async def test_config_error_message_lists_every_problem() -> None:
     with pytest.raises(ConfigError) as exc:
         await mesh.initialize()
     text = str(exc.value)
-    assert text.startswith("invalid configuration (3 problems):")
+    # three type errors, and the pool also names neither a capability nor models
+    assert text.startswith("invalid configuration (4 problems):")
+    assert "pools.chat: give a capability, a models list, or both" in exc.value.errors
     for line in exc.value.errors:
         assert line in text
 
