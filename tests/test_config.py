@@ -442,3 +442,14 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(tmp_path / "nope.yaml")
     assert "does not exist" in exc.value.errors[0]
+
+
+async def test_entry_with_a_type_error_still_gets_its_semantic_checks() -> None:
+    cfg = mock_config()
+    cfg["pools"] = {"chat": {"capability": "chat-completion", "strategy": "round-robbin",
+                             "retry": {"backoff": "linear"}, "cooldwn": "5s"}}
+    errors = await init_error(cfg)
+    assert_has(errors, "pools.chat.retry.backoff", "must be one of")
+    assert_has(errors, "pools.chat.cooldwn", "did you mean 'cooldown'")
+    assert_has(errors, "pools.chat.strategy", "did you mean 'round-robin'")
+    assert len(errors) == 3
