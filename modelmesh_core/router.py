@@ -487,9 +487,7 @@ class Router:
         plan = [result.model, *result.fallback_chain]
         events = self._event_emitter
         if events.enabled:
-            events.emit(EventType.REQUEST_ROUTED, pool=pool.name, model=result.model.id,
-                        provider=result.provider.name, request_id=request_id,
-                        fallback_chain=[m.id for m in result.fallback_chain])
+            self._emit_routed(result, request_id, stream=False)
         attempts: list[tuple[str, BaseException]] = []
         upstream = 0.0
         i = tries = n = 0
@@ -538,17 +536,32 @@ class Router:
                 metadata["request_id"] = request_id
                 metadata["overhead_ms"] = (perf_counter() - t0 - upstream) * 1000.0
             if events.enabled:
-                events.emit(EventType.REQUEST_SUCCEEDED, pool=pool.name, model=model.id,
-                            provider=model.provider, request_id=request_id, attempts=n,
-                            latency_ms=elapsed * 1000.0, cost=cost, usage=dict(response.usage))
-                if n > 1:
-                    events.emit(EventType.POOL_ROTATED, pool=pool.name, model=model.id,
-                                provider=model.provider, request_id=request_id,
-                                previous=[m for m, _ in attempts])
+                self._emit_success(pool, model, request_id, n, elapsed, cost, response.usage,
+                                   attempts, stream=False)
             return response
         error = self._exhausted(result, attempts, request_id)
         self._failed(result, request_id, error)
         raise error
+
+    def _emit_routed(self, result: PipelineResult, request_id: str, *, stream: bool) -> None:
+        self._event_emitter.emit(
+            EventType.REQUEST_ROUTED, pool=result.pool.name, model=result.model.id,
+            provider=result.provider.name, request_id=request_id, stream=stream,
+            fallback_chain=[m.id for m in result.fallback_chain])
+
+    def _emit_success(
+        self, pool: CapabilityPool, model: Model, request_id: str, attempts_made: int,
+        elapsed: float, cost: float, usage: Mapping[str, int],
+        failed: list[tuple[str, BaseException]], *, stream: bool,
+    ) -> None:
+        events = self._event_emitter
+        events.emit(EventType.REQUEST_SUCCEEDED, pool=pool.name, model=model.id,
+                    provider=model.provider, request_id=request_id, attempts=attempts_made,
+                    latency_ms=elapsed * 1000.0, cost=cost, usage=dict(usage), stream=stream)
+        if failed:
+            events.emit(EventType.POOL_ROTATED, pool=pool.name, model=model.id,
+                        provider=model.provider, request_id=request_id,
+                        previous=[m for m, _ in failed])
 
     def _failed(self, result: PipelineResult, request_id: str, exc: BaseException) -> None:
         if self._event_emitter.enabled:
@@ -585,8 +598,7 @@ class Router:
         plan = [result.model, *result.fallback_chain]
         events = self._event_emitter
         if events.enabled:
-            events.emit(EventType.REQUEST_ROUTED, pool=pool.name, model=result.model.id,
-                        provider=result.provider.name, request_id=request_id, stream=True)
+            self._emit_routed(result, request_id, stream=True)
         attempts: list[tuple[str, BaseException]] = []
         upstream = 0.0
         i = tries = n = 0
@@ -662,14 +674,8 @@ class Router:
             # Readable by the consumer once the stream is exhausted (the proxy bills on it).
             last.metadata["cost"] = cost
             if events.enabled:
-                events.emit(EventType.REQUEST_SUCCEEDED, pool=pool.name, model=model.id,
-                            provider=model.provider, request_id=request_id, attempts=n,
-                            latency_ms=elapsed * 1000.0, cost=cost, usage=dict(usage or {}),
-                            stream=True)
-                if n > 1:
-                    events.emit(EventType.POOL_ROTATED, pool=pool.name, model=model.id,
-                                provider=model.provider, request_id=request_id,
-                                previous=[m for m, _ in attempts])
+                self._emit_success(pool, model, request_id, n, elapsed, cost, usage or {},
+                                   attempts, stream=True)
             return
         error = self._exhausted(result, attempts, request_id)
         self._failed(result, request_id, error)

@@ -80,45 +80,6 @@ class DotenvStore:
         return sorted(self._values)
 
 
-class JsonSecretsStore:
-    """Secrets from a flat JSON object file (``modelmesh.json-secrets.v1``); writable."""
-
-    def __init__(self, config: FileStoreConfig) -> None:
-        self._path = Path(config.path).expanduser()
-        self._values: dict[str, str] = {}
-        if self._path.exists():
-            data = json.loads(self._path.read_text(encoding="utf-8") or "{}")
-            if not isinstance(data, dict):
-                raise ConfigError([f"secrets.config.path: {self._path} must hold a JSON object"])
-            self._values = {str(k): str(v) for k, v in data.items()}
-
-    def get(self, name: str) -> str | None:
-        """The value of ``name`` or None."""
-        return self._values.get(name)
-
-    def list(self) -> list[str]:
-        """Secret names (never values)."""
-        return sorted(self._values)
-
-    def set(self, name: str, value: str) -> None:
-        """Store ``name`` and write the file (mode 0600)."""
-        self._values[name] = value
-        self._write()
-
-    def delete(self, name: str) -> None:
-        """Remove ``name``; KeyError if absent."""
-        del self._values[name]
-        self._write()
-
-    def _write(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(self._values, fh, indent=2, sort_keys=True)
-        tmp.replace(self._path)
-
-
 @frozen(kw_only=True)
 class MemoryStoreConfig:
     """Initial secrets (useful in tests and embedded use)."""
@@ -130,7 +91,7 @@ class MemorySecretsStore:
     """Secrets held in memory (``modelmesh.memory-secrets.v1``); writable."""
 
     def __init__(self, config: MemoryStoreConfig | None) -> None:
-        self._values = dict(config.values) if config else {}
+        self._values: dict[str, str] = dict(config.values) if config else {}
 
     def get(self, name: str) -> str | None:
         """The value of ``name`` or None."""
@@ -143,10 +104,37 @@ class MemorySecretsStore:
     def set(self, name: str, value: str) -> None:
         """Store ``name``."""
         self._values[name] = value
+        self._saved()
 
     def delete(self, name: str) -> None:
         """Remove ``name``; KeyError if absent."""
         del self._values[name]
+        self._saved()
+
+    def _saved(self) -> None:
+        """Called after every change (file-backed stores persist here)."""
+
+
+class JsonSecretsStore(MemorySecretsStore):
+    """Secrets from a flat JSON object file (``modelmesh.json-secrets.v1``); writable."""
+
+    def __init__(self, config: FileStoreConfig) -> None:
+        super().__init__(None)
+        self._path = Path(config.path).expanduser()
+        if self._path.exists():
+            data = json.loads(self._path.read_text(encoding="utf-8") or "{}")
+            if not isinstance(data, dict):
+                raise ConfigError([f"secrets.config.path: {self._path} must hold a JSON object"])
+            self._values = {str(k): str(v) for k, v in data.items()}
+
+    def _saved(self) -> None:
+        """Write the file atomically with mode 0600."""
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(self._values, fh, indent=2, sort_keys=True)
+        tmp.replace(self._path)
 
 
 @hookimpl
