@@ -120,6 +120,10 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     from .server import serve
 
     mesh = _mesh(args.config)
+    if not args.worker and mesh.validate()["providers"] == 0:
+        print("modelmesh: warning: no provider is configured or detected from the environment "
+              "(set OPENAI_API_KEY, GROQ_API_KEY, … or pass --config); requests will fail "
+              "until one is", file=sys.stderr, flush=True)
     host = args.host
     port = args.port
 
