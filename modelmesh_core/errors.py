@@ -121,6 +121,8 @@ class ProviderError(ModelMeshError):
         status: HTTP status of the upstream answer, or None for transport errors.
         retryable: whether retrying (same or another model) may succeed.
         headers: selected upstream response headers (rate-limit and retry-after only).
+        rate_limit: those headers parsed (a ``RateLimitInfo``), when the adapter read them;
+            the router stores it in the model's state so limits are seen before the next 429.
     """
 
     def __init__(
@@ -132,8 +134,10 @@ class ProviderError(ModelMeshError):
         status: int | None = None,
         retryable: bool = False,
         headers: dict[str, str] | None = None,
+        rate_limit: Any = None,
     ) -> None:
         self.provider_id = provider_id
+        self.rate_limit = rate_limit
         self.model_id = model_id
         self.status = status
         self.retryable = retryable

@@ -108,6 +108,9 @@ class RotationManager:
         was_trial = st.trial_in_flight
         st.trial_in_flight = False
         st.last_failure = now
+        info = getattr(error, "rate_limit", None)
+        if info is not None:
+            st.rate_limit, st.rate_limit_at = info, now
         st.last_error = str(error)[:500]
         if not counts:
             # The request itself was bad (400, 422, context length): not the model's fault.

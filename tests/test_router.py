@@ -500,3 +500,22 @@ async def test_probe_on_start_marks_a_bad_provider_down(fake_upstream, make_mesh
     assert mesh.state.provider("b").last_probe == manual_clock()
     assert (await mesh.router.complete("chat", req())).provider == "b"
     assert chat_calls(a) == 0
+
+
+async def test_rate_limit_headers_of_a_429_reach_the_state(fake_upstream, make_mesh, manual_clock):
+    a, b, c = await three(fake_upstream)
+    mesh = await make_mesh(cfg3(a, b, c, strategy="priority-selection"), clock=manual_clock)
+    a.script(Fail(429, headers={"x-ratelimit-limit-requests": "60",
+                                "x-ratelimit-remaining-requests": "0",
+                                "x-ratelimit-reset-requests": "20s"}))
+    assert (await mesh.router.complete("chat", req())).provider == "b"
+    info = mesh.state.model("a.gpt-4o-mini").rate_limit
+    assert info is not None and info.remaining_requests == 0 and info.reset_requests == 20
+    # predicted, not rediscovered: a is avoided until the reported reset (20 s), well past
+    # the short default back-off a bare 429 earns
+    manual_clock.advance(10)
+    decision = await mesh.router.route("chat")
+    assert decision.model_id == "b.gpt-4o-mini"
+    assert "no requests left" in decision.reasons["a.gpt-4o-mini"]
+    manual_clock.advance(11)
+    assert (await mesh.router.complete("chat", req())).provider == "a"

@@ -462,6 +462,7 @@ class OpenAIAdapter:
             "model_id": model_id,
             "status": status,
             "headers": kept,
+            "rate_limit": parse_rate_limit(kept) if kept else None,
         }
         lowered = message.lower()
         if status in (401, 403):
