@@ -451,6 +451,9 @@ class Router:
         """Route and run an embeddings request, failing over as the policy allows."""
         t0 = perf_counter()
         request_id = self._caller_id(options) or self._request_id()
+        if self._mw_before or self._mw_error:
+            return await self._with_middleware(capability, request, options, "embed",
+                                               request_id, t0)
         return await self._run(capability, request, options, "embed", request_id, t0)
 
     async def _with_middleware(
