@@ -1,15 +1,13 @@
 """ModelMesh: capability-driven AI model routing with automatic failover.
 
 Importing this package has no side effects: no plugin discovery, no logging sinks
-(``loguru`` is disabled for ``modelmesh_core`` until an application enables it).
+(``loguru`` is disabled for ``modelmesh_core`` until an application enables it), and it stays
+cheap: the configuration machinery, the mesh and the clients load on first use.
 """
 
 from __future__ import annotations
 
-from loguru import logger as _logger
-
 from .capabilities import CapabilityTree
-from .config import MeshConfig, load_config
 from .errors import (
     AllProvidersExhaustedError,
     AuthenticationError,
@@ -59,8 +57,6 @@ from .types import (
     Timeouts,
     ToolCall,
 )
-
-_logger.disable("modelmesh_core")
 
 __version__ = "0.1.0"
 
@@ -133,6 +129,10 @@ def __getattr__(name: str) -> object:
         from .router import Router
 
         return Router
+    if name in ("MeshConfig", "load_config"):
+        from . import config
+
+        return getattr(config, name)
     if name in ("create", "create_async"):
         from . import client
 

@@ -23,8 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from loguru import logger
-
+from ._log import logger
 from .redaction import redact
 
 __all__ = ["build_parser", "main"]

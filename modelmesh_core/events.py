@@ -10,7 +10,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from attrs import Factory, frozen
-from loguru import logger
+
+from ._log import logger
 
 __all__ = ["Event", "EventEmitter", "EventType", "Sink"]
 

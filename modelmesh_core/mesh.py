@@ -22,8 +22,8 @@ import aiohttp
 import attrs
 import orjson
 from attrs import define
-from loguru import logger
 
+from ._log import logger
 from .budget import BudgetTracker
 from .capabilities import CapabilityTree
 from .config import (

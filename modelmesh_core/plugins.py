@@ -18,9 +18,9 @@ from typing import Any
 import attrs
 import pluggy
 from attrs import define, frozen
-from loguru import logger
 
 from . import hookspecs
+from ._log import logger
 from .errors import PluginError
 from .types import (
     CapabilitySpec,

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 from attrs import define
-from loguru import logger
 
+from ._log import logger
 from .budget import BudgetTracker
 from .config import Backoff, RetryConfig
 from .errors import (

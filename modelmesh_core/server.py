@@ -33,8 +33,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
-from loguru import logger
 
+from ._log import logger
 from .config import ProxyConfig
 from .errors import BudgetExceededError, ConfigError, ModelMeshError
 from .events import Event, EventType
