@@ -484,3 +484,19 @@ def test_redact_masks_registered_secrets_bearer_tokens_and_keys() -> None:
     assert out.startswith("a=*** auth='Bearer ***' key=***")
     assert out.endswith("gsk_not sk-short plain words short")
     assert redact("nothing to hide") == "nothing to hide"
+
+
+async def test_budget_spend_survives_a_restart(
+    tmp_path: Path, make_mesh: Any, manual_clock: Any
+) -> None:
+    path = tmp_path / "state.json"
+    cfg = budget_config(daily=1.0)
+    cfg["storage"] = {"connector": "modelmesh.local-file.v1", "config": {"path": str(path)}}
+    first = await make_mesh(cfg, plugins=[MockPlugin()], clock=manual_clock)
+    for _ in range(3):
+        assert (await first.router.complete("chat", request())).model == "a.mock-chat"
+    await first.shutdown()
+
+    second = await make_mesh(cfg, plugins=[MockPlugin()], clock=manual_clock)
+    # 0.9 of the day's 1.0 was spent before the restart: a fourth 0.3 request would exceed it
+    assert (await second.router.complete("chat", request())).model == "b.mock-chat"

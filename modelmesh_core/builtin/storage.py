@@ -11,7 +11,7 @@ import attrs
 from attrs import frozen
 
 from ..hookspecs import hookimpl
-from ..state import MemoryStateStore, ProviderState, model_state_fields
+from ..state import MemoryStateStore, ProviderState, UsageWindows, model_state_fields
 from ..types import StorageSpec
 
 __all__ = ["LocalFileStateStore"]
@@ -29,12 +29,13 @@ class LocalFileConfig:
 
 
 _PROVIDER_FIELDS = [a.name for a in attrs.fields(ProviderState) if a.name != "rate_limit"]
+_WINDOW_FIELDS = {a.name for a in attrs.fields(UsageWindows)}
 
 
 class LocalFileStateStore(MemoryStateStore):
     """State kept in memory and written to a JSON file on flush (``modelmesh.local-file.v1``).
 
-    Cooldowns, counters, costs and deactivations survive a restart.
+    Cooldowns, counters, costs, deactivations and budget spend survive a restart.
     """
 
     def __init__(self, config: LocalFileConfig) -> None:
@@ -60,6 +61,9 @@ class LocalFileStateStore(MemoryStateStore):
             for key, value in item.items():
                 if key in _PROVIDER_FIELDS:
                     setattr(ps, key, value)
+        for scope, item in data.get("budgets", {}).items():
+            self.globals[scope] = UsageWindows(
+                **{k: v for k, v in item.items() if k in _WINDOW_FIELDS})
 
     async def flush(self) -> None:
         """Write every state atomically."""
@@ -68,6 +72,8 @@ class LocalFileStateStore(MemoryStateStore):
             "models": [{f: getattr(st, f) for f in fields} for st in self.models()],
             "providers": [{f: getattr(ps, f) for f in _PROVIDER_FIELDS}
                           for ps in self.providers()],
+            "budgets": {scope: attrs.asdict(w) for scope, w in self.globals.items()
+                        if isinstance(w, UsageWindows)},
         }
         self._path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._path.with_suffix(".tmp")
