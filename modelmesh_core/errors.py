@@ -73,10 +73,13 @@ class NoActiveModelError(RoutingError):
     """A pool matched but every model in it was filtered out (standby, cooldown, budget, …).
 
     ``retry_after`` is the number of seconds until the first of them comes back on its own
-    (cooldown or Retry-After expiry), or None when none will without intervention.
+    (cooldown or Retry-After expiry), or None when none will without intervention;
+    ``rate_limited`` is True when every one of them is held back by an upstream rate limit or
+    quota (the proxy answers 429 then, 503 otherwise).
     """
 
     retry_after: float | None = None
+    rate_limited: bool = False
 
 
 class AllProvidersExhaustedError(RoutingError):

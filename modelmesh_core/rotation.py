@@ -40,11 +40,27 @@ class RotationManager:
 
     # -- outcomes
 
-    def begin(self, model: Model) -> ModelState:
-        """Note an attempt starting; a standby model being tried is a half-open trial."""
+    def begin(self, model: Model) -> ModelState | None:
+        """Note an attempt starting, or return None when the model may not be called now.
+
+        State can change between routing and an attempt further down the fallback chain
+        (another request deactivated the model, or is already running its one half-open
+        trial, or the provider went down), so this is checked again for every attempt. A
+        standby model whose cooldown has expired gets exactly one trial request.
+        """
         st = self._state.model(model.id)
+        now = self._clock()
         if st.status != ACTIVE:
+            if st.trial_in_flight or st.cooldown_until <= 0 or now < st.cooldown_until:
+                return None
             st.trial_in_flight = True
+        elif now < st.retry_after_until:
+            return None
+        ps = self._state.provider(model.provider)
+        if not ps.available and not (0 < ps.cooldown_until <= now):
+            if st.trial_in_flight:
+                st.trial_in_flight = False
+            return None
         return st
 
     def success(
@@ -87,15 +103,19 @@ class RotationManager:
         if st.status != ACTIVE:
             self._recover(model, st, pool)
         cfg = pool.config
-        if cfg.max_requests is not None and st.requests >= cfg.max_requests:
+        if cfg.max_requests is not None and st.requests - st.base_requests >= cfg.max_requests:
             self.deactivate(model, "request_limit", until=0.0, pool=pool)
-        elif cfg.max_tokens is not None and st.tokens >= cfg.max_tokens:
+        elif cfg.max_tokens is not None and st.tokens - st.base_tokens >= cfg.max_tokens:
             self.deactivate(model, "token_limit", until=0.0, pool=pool)
 
     def failure(
         self, pool: CapabilityPool, model: Model, st: ModelState, error: BaseException
-    ) -> None:
-        """Record a failed attempt and deactivate the model or provider when a trigger fires."""
+    ) -> bool:
+        """Record a failed attempt and deactivate the model or provider when a trigger fires.
+
+        Returns False when the error was the caller's (a bad request), which says nothing
+        about the model's health.
+        """
         now = self._clock()
         status = getattr(error, "status", None)
         counts = not (
@@ -113,8 +133,8 @@ class RotationManager:
             st.rate_limit, st.rate_limit_at = info, now
         st.last_error = str(error)[:500]
         if not counts:
-            # The request itself was bad (400, 422, context length): not the model's fault.
-            return
+            # The request itself was bad (400, 422, …): not the model's fault.
+            return False
         st.requests += 1
         st.failures += 1
         st.consecutive_failures += 1
@@ -128,18 +148,18 @@ class RotationManager:
             ps.auth_valid = False
             self.provider_down(model.provider, "authentication_rejected",
                                now + _PROVIDER_COOLDOWN_AUTH)
-            return
+            return True
         if isinstance(error, RateLimitError):
             wait = error.retry_after
             if error.quota:
                 until = now + wait if wait else (int(now // 86400) + 1) * 86400.0
                 self.deactivate(model, "quota_exhausted", until=until, pool=pool)
-                return
+                return True
             st.retry_after_until = now + (wait if wait is not None else min(cfg.cooldown, 5.0))
         if was_trial:
             self.deactivate(model, st.deactivation_reason or "error_threshold",
                             until=now + cfg.cooldown, pool=pool)
-            return
+            return True
         if status is not None and status in cfg.deactivate_on:
             self.deactivate(model, f"status_{status}", until=now + cfg.cooldown, pool=pool)
         elif st.consecutive_failures >= cfg.failure_threshold:
@@ -148,22 +168,37 @@ class RotationManager:
             rate, n = st.error_rate(now, cfg.error_rate_window)
             if n >= cfg.error_rate_min_requests and rate >= cfg.error_rate_threshold:
                 self.deactivate(model, "error_rate", until=now + cfg.cooldown, pool=pool)
+        return True
 
-    def provider_available(self, provider: str) -> bool:
-        """False while ``provider`` is marked down (checked between attempts of a request)."""
-        ps = self._state.provider(provider)
-        return ps.available or (0 < ps.cooldown_until <= self._clock())
+    def waited(self, model: Model) -> None:
+        """The router waited out the model's back-off itself: it may be called again now."""
+        self._state.model(model.id).retry_after_until = 0.0
 
-    def earliest_return(self, model_ids: Iterable[str]) -> float | None:
-        """Seconds until the first of ``model_ids`` is usable again by itself, if any."""
+    def earliest_return(self, model_ids: Iterable[str]) -> tuple[float | None, bool]:
+        """``(seconds until the first of model_ids is usable again by itself, or None;
+        whether every one of them is held back by an upstream rate limit or quota)``."""
         now = self._clock()
         best: float | None = None
+        limited = True
+        any_model = False
         for mid in model_ids:
+            any_model = True
             st = self._state.model(mid)
-            until = max(st.cooldown_until if st.status != ACTIVE else 0.0, st.retry_after_until)
+            standby = st.status != ACTIVE
+            until = max(st.cooldown_until if standby else 0.0, st.retry_after_until)
+            info = st.rate_limit
+            if info is not None and info.remaining_requests == 0 and info.reset_requests:
+                until = max(until, st.rate_limit_at + info.reset_requests)
+            if standby:
+                is_limited = st.deactivation_reason == "quota_exhausted"
+            else:
+                is_limited = now < st.retry_after_until or (
+                    info is not None and info.remaining_requests == 0
+                    and now < st.rate_limit_at + (info.reset_requests or 0.0))
+            limited = limited and is_limited
             if until > now and (best is None or until - now < best):
                 best = until - now
-        return best
+        return best, limited and any_model
 
     # -- transitions
 
@@ -194,6 +229,7 @@ class RotationManager:
         st.cooldown_until = 0.0
         st.trial_in_flight = False
         st.consecutive_failures = 0
+        st.base_requests, st.base_tokens = st.requests, st.tokens
         if self._events.enabled:
             self._events.emit(
                 EventType.MODEL_RECOVERED, model=model.id, provider=model.provider,

@@ -282,12 +282,22 @@ class Router:
             estimated_tokens=tokens,
         )
 
-    async def _execute(self, preq: PipelineRequest) -> PipelineResult:
+    async def _execute(self, preq: PipelineRequest, request_id: str) -> PipelineResult:
         try:
             return await self._pipeline.execute(preq)
         except NoActiveModelError as exc:
-            exc.retry_after = self._rotation.earliest_return(exc.reasons)
+            exc.retry_after, exc.rate_limited = self._rotation.earliest_return(exc.reasons)
+            if self._event_emitter.enabled:
+                self._emit_refused(exc, request_id)
             raise
+
+    def _emit_refused(self, exc: NoActiveModelError, request_id: str,
+                      pool: str | None = None) -> None:
+        events = self._event_emitter
+        events.emit(EventType.POOL_EXHAUSTED, pool=pool, request_id=request_id, attempts=0,
+                    reasons=dict(exc.reasons))
+        events.emit(EventType.REQUEST_FAILED, pool=pool, request_id=request_id,
+                    error=type(exc).__name__, message=str(exc)[:500])
 
     async def route(
         self, capability: str, options: RoutingOptions | None = None,
@@ -359,9 +369,9 @@ class Router:
         request_id: str, attempt: int,
     ) -> None:
         pool = result.pool
-        self._rotation.failure(pool, model, st, exc)
+        counted = self._rotation.failure(pool, model, st, exc)
         record = getattr(pool.strategy, "record", None)
-        if record is not None:
+        if record is not None and counted:
             record(model, False, result.context)
         if self._event_emitter.enabled:
             self._event_emitter.emit(
@@ -385,7 +395,15 @@ class Router:
 
     def _exhausted(
         self, result: PipelineResult, attempts: list[tuple[str, BaseException]], request_id: str,
-    ) -> AllProvidersExhaustedError:
+    ) -> AllProvidersExhaustedError | NoActiveModelError:
+        if not attempts:
+            # Every candidate became unusable between routing and its turn (another request
+            # deactivated it or took its recovery trial).
+            reasons = {m.id: "became unavailable during this request"
+                       for m in [result.model, *result.fallback_chain]}
+            err = NoActiveModelError(f"no model can serve pool {result.pool.name!r}", reasons)
+            err.retry_after, err.rate_limited = self._rotation.earliest_return(reasons)
+            return err
         if self._event_emitter.enabled:
             self._event_emitter.emit(EventType.POOL_EXHAUSTED, pool=result.pool.name,
                                      request_id=request_id, attempts=len(attempts))
@@ -413,6 +431,7 @@ class Router:
             return len(plan), 0
         if action == _RETRY and same_model_tries < policy.same_model_retries:
             await asyncio.sleep(_backoff(policy, same_model_tries, exc, self._rng))
+            self._rotation.waited(plan[i])
             return i, same_model_tries + 1
         last = i + 1 >= len(plan)
         if (
@@ -425,6 +444,7 @@ class Router:
         ):
             # Nothing else to rotate to: wait as the upstream asked, then try it once more.
             await asyncio.sleep(exc.retry_after)
+            self._rotation.waited(plan[i])
             return i, same_model_tries + 1
         return i + 1, 0
 
@@ -440,7 +460,7 @@ class Router:
         """
         t0 = perf_counter()
         request_id = self._caller_id(options) or self._request_id()
-        if self._mw_before or self._mw_error:
+        if self._mw_before or self._mw_after or self._mw_error:
             return await self._with_middleware(capability, request, options, "complete",
                                                request_id, t0)
         return await self._run(capability, request, options, "complete", request_id, t0)
@@ -451,7 +471,7 @@ class Router:
         """Route and run an embeddings request, failing over as the policy allows."""
         t0 = perf_counter()
         request_id = self._caller_id(options) or self._request_id()
-        if self._mw_before or self._mw_error:
+        if self._mw_before or self._mw_after or self._mw_error:
             return await self._with_middleware(capability, request, options, "embed",
                                                request_id, t0)
         return await self._run(capability, request, options, "embed", request_id, t0)
@@ -484,7 +504,9 @@ class Router:
     ) -> Any:
         is_chat = kind == "complete"
         preq = self._pipeline_request(capability, request if is_chat else None, options, "sync")
-        result = await self._execute(preq)
+        result = await self._execute(preq, request_id)
+        # Requests finish on the objects they started with, even across a hot reload.
+        providers, rotation = self._providers, self._rotation
         pool = result.pool
         policy = pool.retry
         plan = [result.model, *result.fallback_chain]
@@ -496,12 +518,12 @@ class Router:
         i = tries = n = 0
         while i < len(plan) and n < policy.max_attempts:
             model = plan[i]
-            if n and not self._rotation.provider_available(model.provider):
-                i += 1  # its provider went down during this request (e.g. key rejected)
+            st = rotation.begin(model)
+            if st is None:
+                i += 1  # deactivated, on trial elsewhere, or its provider went down meanwhile
                 continue
-            provider = self._providers[model.provider]
+            provider = providers[model.provider]
             timeouts = pool.timeouts or provider.timeouts
-            st = self._rotation.begin(model)
             n += 1
             ts = perf_counter()
             response: Any
@@ -594,8 +616,9 @@ class Router:
                 await before(call)
             capability, request, options = call.name, call.request, call.options
         preq = self._pipeline_request(capability, request, options, "streaming")
-        result = await self._execute(preq)
+        result = await self._execute(preq, request_id)
         request = _with_usage(request)
+        providers, rotation = self._providers, self._rotation
         pool = result.pool
         policy = pool.retry
         plan = [result.model, *result.fallback_chain]
@@ -607,12 +630,12 @@ class Router:
         i = tries = n = 0
         while i < len(plan) and n < policy.max_attempts:
             model = plan[i]
-            if n and not self._rotation.provider_available(model.provider):
-                i += 1  # its provider went down during this request (e.g. key rejected)
+            st = rotation.begin(model)
+            if st is None:
+                i += 1  # deactivated, on trial elsewhere, or its provider went down meanwhile
                 continue
-            provider = self._providers[model.provider]
+            provider = providers[model.provider]
             timeouts = pool.timeouts or provider.timeouts
-            st = self._rotation.begin(model)
             n += 1
             ts = perf_counter()
             chunks: Any = provider.adapter.stream(model, request, timeouts)

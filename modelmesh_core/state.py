@@ -109,6 +109,8 @@ class ModelState(UsageWindows):
     last_failure: float | None = None
     last_error: str | None = None
     trial_in_flight: bool = False
+    base_requests: int = 0
+    base_tokens: int = 0
     rotations: int = 0
     rate_limit: RateLimitInfo | None = None
     rate_limit_at: float = 0.0

@@ -771,6 +771,11 @@ def _map(
     if isinstance(exc, NoActiveModelError):
         headers = ({"Retry-After": _retry_after_header(exc.retry_after)}
                    if exc.retry_after is not None else {})
+        if exc.rate_limited:
+            return (429, "requests", "rate_limit_exceeded", None,
+                    f"{exc}. Every model that could serve this request is rate limited by its "
+                    "provider; retry after the time in the Retry-After header.",
+                    headers or {"Retry-After": "1"})
         return (503, "service_unavailable", "no_active_model", None,
                 f"{exc}. Every model that could serve this request is inactive; retry later or "
                 "reactivate one (POST /admin/models/{id}/reactivate).", headers)

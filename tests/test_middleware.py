@@ -97,3 +97,23 @@ async def test_unknown_middleware_is_a_config_error(make_mesh: Any) -> None:
         await make_mesh(cfg, plugins=[MockPlugin(), Recorder()])
     assert any(e.startswith("plugins.middleware.0.connector: unknown connector 't.nope'")
                for e in info.value.errors)
+
+
+async def test_middleware_with_only_after_response_runs(make_mesh: Any) -> None:
+    seen: list[str] = []
+
+    class After:
+        async def after_response(self, call: Any, response: Any) -> Any:
+            seen.append(call.kind)
+            return None
+
+    class Plugin:
+        @hookimpl
+        def modelmesh_middleware(self) -> list[MiddlewareSpec]:
+            return [MiddlewareSpec(name="t.after", factory=lambda config: After())]
+
+    cfg = mock_config()
+    cfg["plugins"]["middleware"] = [{"connector": "t.after"}]
+    mesh = await make_mesh(cfg, plugins=[MockPlugin(), Plugin()])
+    await mesh.router.complete("chat-completion", CompletionRequest(messages=HI))
+    assert seen == ["complete"]

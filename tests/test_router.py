@@ -519,3 +519,81 @@ async def test_rate_limit_headers_of_a_429_reach_the_state(fake_upstream, make_m
     assert "no requests left" in decision.reasons["a.gpt-4o-mini"]
     manual_clock.advance(11)
     assert (await mesh.router.complete("chat", req())).provider == "a"
+
+
+async def test_half_open_lets_exactly_one_trial_through(fake_upstream, make_mesh, manual_clock):
+    a, b = await fake_upstream(), await fake_upstream()
+    cfg = openai_config([("b", b), ("a", a)], strategy="priority-selection",
+                        failure_threshold=1, cooldown="10s")
+    mesh = await make_mesh(cfg, clock=manual_clock)
+    a.script(Fail(500))
+    mesh.rotate("chat")  # make a's failure happen: route a first once
+    mesh.deactivate("b.gpt-4o-mini")
+    with pytest.raises(AllProvidersExhaustedError):
+        await mesh.router.complete("chat", req())
+    mesh.reactivate("b.gpt-4o-mini")
+    assert mesh.state.model("a.gpt-4o-mini").status == "standby"
+    manual_clock.advance(11)  # a's cooldown is over: one trial may go to it
+    b.default = Reply(delay=0.2)
+    b.script(*[Fail(503, delay=0.2)] * 10)
+    a.default = Fail(500, delay=0.1)
+    before = chat_calls(a)
+    results = await asyncio.gather(
+        *(mesh.router.complete("chat", req()) for _ in range(10)), return_exceptions=True)
+    assert chat_calls(a) - before == 1, "a recovering model gets one trial, not one per request"
+    assert all(isinstance(r, Exception) for r in results)
+
+
+async def test_reload_during_a_request_lets_it_finish(fake_upstream, make_mesh):
+    a, b = await fake_upstream(), await fake_upstream()
+    mesh = await make_mesh(openai_config([("a", a), ("b", b)]))
+    a.script(Fail(500, delay=0.3))
+    task = asyncio.ensure_future(mesh.router.complete("chat", req()))
+    await asyncio.sleep(0.1)
+    await mesh.reload_config(openai_config([("a", a)]))  # b disappears mid-request
+    resp = await task
+    assert resp.provider == "b"
+
+
+async def test_a_bad_request_does_not_move_the_pool(fake_upstream, make_mesh):
+    a, b = await fake_upstream(), await fake_upstream()
+    mesh = await make_mesh(openai_config([("a", a), ("b", b)]))
+    a.script(Fail(400, message="Invalid schema"))
+    with pytest.raises(ProviderError):
+        await mesh.router.complete("chat", req())
+    for _ in range(3):
+        assert (await mesh.router.complete("chat", req())).provider == "a"
+
+
+async def test_request_limit_counts_from_reactivation(fake_upstream, make_mesh):
+    a, b = await fake_upstream(), await fake_upstream()
+    mesh = await make_mesh(openai_config([("a", a), ("b", b)], max_requests=2,
+                                         strategy="priority-selection"))
+    for _ in range(2):
+        await mesh.router.complete("chat", req())
+    assert mesh.state.model("a.gpt-4o-mini").deactivation_reason == "request_limit"
+    mesh.reactivate("a.gpt-4o-mini")
+    providers = [(await mesh.router.complete("chat", req())).provider for _ in range(3)]
+    assert providers == ["a", "a", "b"]
+
+
+async def test_all_rate_limited_is_reported_as_such(fake_upstream, make_mesh, manual_clock):
+    a, b = await fake_upstream(), await fake_upstream()
+    # waits longer than max_retry_after are not slept through: the request fails at once
+    mesh = await make_mesh(openai_config([("a", a), ("b", b)], retry={"max_retry_after": "1s"}),
+                           clock=manual_clock)
+    events = Recorder()
+    mesh.events.subscribe(events)
+    a.script(Fail.rate_limit(retry_after=60))
+    b.script(Fail.rate_limit(retry_after=30))
+    with pytest.raises(AllProvidersExhaustedError) as first:
+        await mesh.router.complete("chat", req())
+    assert first.value.retry_after == 30
+    with pytest.raises(NoActiveModelError) as info:
+        await mesh.router.complete("chat", req())
+    assert info.value.rate_limited and info.value.retry_after == pytest.approx(30)
+    assert events.of(EventType.REQUEST_FAILED)[-1].data["error"] == "NoActiveModelError"
+    mesh.deactivate("a.gpt-4o-mini")  # one of them now held back by something else
+    with pytest.raises(NoActiveModelError) as info:
+        await mesh.router.complete("chat", req())
+    assert not info.value.rate_limited
