@@ -387,6 +387,11 @@ class ModelMesh:
         return self._assembly().secret_store
 
     @property
+    def config_source(self) -> Any:
+        """What the configuration was loaded from (a path, text, dict or MeshConfig)."""
+        return self._source
+
+    @property
     def started(self) -> bool:
         """True between initialize and shutdown."""
         return self._started

@@ -123,6 +123,27 @@ class RoutingPipeline:
             executed.append(name)
         return self._result(context, executed)
 
+    async def execute_until(self, request: PipelineRequest, stage: str) -> PipelineContext:
+        """Run the stages up to and including ``stage`` and return the context.
+
+        Used to answer "which pool would this name use" without the state filters (e.g. to
+        authorise a proxy key for a pool while every model in it is cooling down).
+        """
+        if stage not in self.stage_names():
+            raise KeyError(f"no pipeline stage named {stage!r}; stages: {self.stage_names()}")
+        context = PipelineContext(capability=request.capability,
+                                  delivery_mode=request.delivery_mode, request=request,
+                                  now=self._clock() if self._clock is not None else 0.0)
+        for process, name, is_async in self._plan:
+            out = process(context)
+            if is_async or (out is not context and inspect.isawaitable(out)):
+                out = await out
+            if out is not None:
+                context = out
+            if name == stage:
+                break
+        return context
+
     def _result(self, context: PipelineContext, executed: list[str]) -> PipelineResult:
         model = context.selected_model
         if model is None and context.candidates:

@@ -29,6 +29,7 @@ from .config import Backoff, RetryConfig
 from .errors import (
     AllProvidersExhaustedError,
     AuthenticationError,
+    CapabilityNotFoundError,
     ContentFilterError,
     ContextLengthError,
     NoActiveModelError,
@@ -315,6 +316,17 @@ class Router:
             fallback_chain=[m.id for m in result.fallback_chain],
             reasons=dict(result.dropped),
         )
+
+    async def pool_for(self, capability: str, options: RoutingOptions | None = None) -> str:
+        """The pool a name resolves to, whatever the state of its models.
+
+        Raises :class:`CapabilityNotFoundError` for an unknown name.
+        """
+        preq = self._pipeline_request(capability, None, options, "sync")
+        ctx = await self._pipeline.execute_until(preq, "pool-selection")
+        if ctx.pool is None:
+            raise CapabilityNotFoundError(f"no pool serves {capability!r}")
+        return ctx.pool.name
 
     async def explain(
         self, capability: str, request: CompletionRequest | None = None,

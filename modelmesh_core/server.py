@@ -444,11 +444,13 @@ class ProxyServer:
                 pool = next((p for p in allowed if name in self.pool_members.get(p, ())), None)
             else:
                 try:
-                    decision = await self.router.route(name, options)
-                    pool = decision.pool_id
+                    # Which pool the name means, not which model is healthy right now:
+                    # the answer depends only on configuration, so it is cached.
+                    pool = await self.router.pool_for(name, options)
                 except ModelMeshError:
                     pool = None
-            self._pool_of_name[name] = pool
+            if pool is not None:
+                self._pool_of_name[name] = pool
         if pool is None or pool not in allowed:
             raise WireError(
                 f"Key {key.name!r} may not use model {name!r}; allowed pools: "

@@ -663,3 +663,58 @@ async def test_virtual_key_budget_counts_streams(fakes: tuple[FakeUpstream, Fake
         assert info.value.code == "budget_exceeded"
         assert info.value.response.headers["x-should-retry"] == "false"
         assert "key:team-a daily budget" in info.value.message
+
+
+HI: Any = [{"role": "user", "content": "hi"}]
+
+
+async def test_key_scoped_to_a_pool_keeps_access_while_its_models_cool_down(fakes: Any) -> None:
+    cfg = mesh_config(*fakes)
+    cfg["pools"]["chat"]["capability"] = "chat-completion"
+    cfg["proxy"] = {"auth": {"keys": [{"key": "mm-team-0001", "name": "team",
+                                       "pools": ["chat"]}]}}
+    async with running_proxy(cfg) as proxy:
+        for mid in ("alpha.gpt-4o-mini", "beta.gpt-4o-mini"):
+            proxy.mesh.deactivate(mid)
+        client = proxy.client(api_key="mm-team-0001")
+        with pytest.raises(openai.APIStatusError) as info:
+            await client.chat.completions.create(model="chat-completion", messages=HI)
+        assert info.value.status_code == 503  # not a (cached) 403
+        for mid in ("alpha.gpt-4o-mini", "beta.gpt-4o-mini"):
+            proxy.mesh.reactivate(mid)
+        reply = await client.chat.completions.create(model="chat-completion", messages=HI)
+        assert reply.choices[0].message.content
+
+
+async def test_all_candidates_rate_limited_gives_429_with_retry_after(fakes: Any) -> None:
+    a, b = fakes
+    async with running_proxy(mesh_config(a, b)) as proxy:
+        a.script(Fail.rate_limit(retry_after=60))
+        b.script(Fail.rate_limit(retry_after=40))
+        statuses = []
+        for _ in range(2):
+            status, body, headers = await post_raw(
+                proxy, "/v1/chat/completions",
+                '{"model": "chat", "messages": [{"role": "user", "content": "hi"}]}',
+                {"content-type": "application/json"})
+            statuses.append((status, headers.get("Retry-After")))
+            assert_error_shape(body)
+        # first: both attempts answered 429; then: both are known to be limited, no call made
+        assert statuses == [(429, "40"), (429, "40")]
+        assert len([c for c in a.calls if c.path.endswith("completions")]) == 1
+
+
+async def test_admin_reload_with_empty_body_rereads_the_file(fakes: Any, tmp_path: Any) -> None:
+    import yaml
+
+    path = tmp_path / "mesh.yaml"
+    cfg = mesh_config(*fakes)
+    cfg["proxy"] = {"auth": {"admin_keys": ["mm-admin-000001"]}}
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    async with running_proxy(str(path)) as proxy:  # type: ignore[arg-type]
+        cfg["pools"]["chat"]["strategy"] = "round-robin"
+        path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+        status, body, _ = await post_raw(proxy, "/admin/reload", b"",
+                                         {"authorization": "Bearer mm-admin-000001"})
+        assert status == 200, body
+        assert proxy.mesh.pools["chat"].strategy_name == "modelmesh.round-robin.v1"
