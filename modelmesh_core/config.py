@@ -442,6 +442,7 @@ def _format_exception(exc: BaseException, tp: type | None) -> str:
     return f"invalid value ({exc})"
 
 
+_NO_ECHO = re.compile(r"^(must be [^,]+, not \w+) .*$", re.S)
 _PATH_ITEM = re.compile(r"\[(?:'([^']*)'|\"([^\"]*)\"|(\d+))\]")
 
 
@@ -461,6 +462,8 @@ def structure_errors(exc: BaseException, prefix: str = "") -> list[str]:
     for raw in cattrs.transform_error(exc, path="$", format_exception=_format_exception):
         message, _, path = raw.rpartition(" @ ")
         base = _dotted(path, prefix)
+        if is_sensitive_path(base):
+            message = _NO_ECHO.sub(r"\1", message)  # never repeat a secret's value
         for part in message.split("\x02"):
             if part.startswith("\x00"):
                 key, _, msg = part[1:].partition("\x01")
@@ -507,6 +510,16 @@ def unstructure(value: Any) -> Any:
 # --------------------------------------------------------------------------- interpolation
 
 _INTERP = re.compile(r"\$\{(env|secrets):([^}]+)\}")
+_SENSITIVE = re.compile(
+    r"(?:^|_)(?:key|keys|token|tokens|secret|secrets|password|passwd|credentials?)$")
+
+
+def is_sensitive_path(path: str) -> bool:
+    """Whether the last named component of ``path`` (list indexes skipped) names a secret."""
+    for part in reversed(path.split(".")):
+        if not part.isdigit():
+            return bool(_SENSITIVE.search(part.lower()))
+    return False
 
 
 def interpolate(
@@ -523,6 +536,10 @@ def interpolate(
     """
     if isinstance(data, str):
         if "${" not in data:
+            if is_sensitive_path(path):
+                # A key written literally in the file is still a secret: mask and redact it.
+                register_secret(data)
+                return SecretStr(data)
             return data
         missing: list[str] = []
 
@@ -678,6 +695,89 @@ def structure_sections(
     return MeshConfig(**kwargs), errors, broken
 
 
+# --------------------------------------------------------------------------- value ranges
+
+
+def _at_least(n: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v is None or v >= n else f"must be at least {n:g}"
+
+
+def _positive(v: Any) -> str | None:
+    return None if v is None or v > 0 else "must be positive (or null to disable it)"
+
+
+def _fraction(v: Any) -> str | None:
+    return None if v is None or 0 < v <= 1 else "must be in (0, 1]"
+
+
+def _status_codes(v: Any) -> str | None:
+    bad = [c for c in v or () if not 100 <= c <= 599]
+    return f"not HTTP status codes: {bad}" if bad else None
+
+
+def _port(v: Any) -> str | None:
+    return None if 0 <= v <= 65535 else "must be a port number (0-65535; 0 picks a free one)"
+
+
+_RANGES: dict[tuple[str, str], Callable[[Any], str | None]] = {
+    **{("LimitsConfig", f): _at_least(1) for f in ("rpm", "tpm", "rpd", "tpd")},
+    **{("PricingConfig", f): _at_least(0) for f in ("input", "output", "cached_input",
+                                                     "per_request")},
+    ("ModelConfig", "weight"): _at_least(0),
+    ("ModelConfig", "context_window"): _at_least(1),
+    ("ModelConfig", "max_output_tokens"): _at_least(1),
+    ("RetryConfig", "max_attempts"): _at_least(1),
+    ("RetryConfig", "same_model_retries"): _at_least(0),
+    ("RetryConfig", "retryable_codes"): _status_codes,
+    ("RetryConfig", "non_retryable_codes"): _status_codes,
+    ("RetryConfig", "rotate_codes"): _status_codes,
+    **{("TimeoutConfig", f): _positive for f in ("connect", "first_byte", "idle", "total")},
+    **{("BudgetConfig", f): _at_least(0) for f in ("per_request", "daily", "monthly")},
+    ("BudgetConfig", "alert_threshold"): _fraction,
+    ("PoolConfig", "failure_threshold"): _at_least(1),
+    ("PoolConfig", "error_rate_threshold"): _fraction,
+    ("PoolConfig", "error_rate_min_requests"): _at_least(1),
+    ("PoolConfig", "max_requests"): _at_least(1),
+    ("PoolConfig", "max_tokens"): _at_least(1),
+    ("PoolConfig", "deactivate_on"): _status_codes,
+    ("ProxyConfig", "port"): _port,
+    ("ProxyLimitsConfig", "max_concurrency"): _at_least(1),
+    ("ProxyLimitsConfig", "max_body_size"): _at_least(1),
+    ("VirtualKeyConfig", "rpm"): _at_least(1),
+}
+
+
+def range_errors(value: Any, path: str = "") -> list[str]:
+    """Values that have the right type but make no sense (negative limits, port 70000, an
+    initial back-off longer than the maximum …), each as ``path: message``."""
+    errors: list[str] = []
+    if attrs.has(type(value)):
+        cls = type(value).__name__
+        for a in attrs.fields(type(value)):
+            if a.name == "config" and cls in ("ConnectorRef", "ProviderConfig", "StageConfig",
+                                              "StorageConfig"):
+                continue  # a connector's own config: validated against the plugin's type
+            item = getattr(value, a.name)
+            where = f"{path}.{a.name}" if path else a.name
+            rule = _RANGES.get((cls, a.name))
+            if rule is not None:
+                msg = rule(item)
+                if msg:
+                    errors.append(f"{where}: {msg}")
+            errors.extend(range_errors(item, where))
+        if cls == "RetryConfig" and value.initial_delay > value.max_delay:
+            errors.append(f"{path + '.' if path else ''}initial_delay: must not exceed "
+                          f"max_delay ({value.max_delay:g}s)")
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            errors.extend(range_errors(v, f"{path}.{k}"))
+    elif isinstance(value, tuple):
+        for i, v in enumerate(value):
+            if attrs.has(type(v)):
+                errors.extend(range_errors(v, f"{path}.{i}"))
+    return errors
+
+
 def load_config_collect(
     source: str | os.PathLike[str] | Mapping[str, Any] | None,
     *,
@@ -704,6 +804,7 @@ def load_config_collect(
         data["secrets"] = _mask_secret_section(secrets_raw)
     config, errs, broken = structure_sections(data)
     errors.extend(errs)
+    errors.extend(range_errors(config))
     return config, errors, broken
 
 

@@ -924,7 +924,6 @@ class _Builder:
                             prov not in self.broken.get("providers", ())):
                         self.err(f"{path}.{key}.{i}", f"unknown provider {prov!r}"
                                  f"{_hint(prov, cfg.providers)}")
-            self._check_policy(path, pc)
             spec = self.registry.strategy(pc.strategy.connector)
             if spec is None:
                 self.err(f"{path}.strategy", f"unknown strategy {pc.strategy.connector!r}"
@@ -947,18 +946,6 @@ class _Builder:
                 priority=pc.priority, mode=mode,
             )
         return pools
-
-    def _check_policy(self, path: str, pc: PoolConfig) -> None:
-        if pc.failure_threshold < 1:
-            self.err(f"{path}.failure_threshold", "must be at least 1")
-        if pc.error_rate_threshold is not None and not 0 < pc.error_rate_threshold <= 1:
-            self.err(f"{path}.error_rate_threshold", "must be in (0, 1]")
-        retry = pc.retry or self.config.retry
-        where = f"{path}.retry" if pc.retry is not None else "retry"
-        if retry.max_attempts < 1:
-            self.err(f"{where}.max_attempts", "must be at least 1")
-        if retry.same_model_retries < 0:
-            self.err(f"{where}.same_model_retries", "must not be negative")
 
     def _implicit_pools(self, tree: CapabilityTree, models: dict[str, Model],
                         pools: dict[str, CapabilityPool]) -> None:

@@ -453,3 +453,27 @@ async def test_entry_with_a_type_error_still_gets_its_semantic_checks() -> None:
     assert_has(errors, "pools.chat.cooldwn", "did you mean 'cooldown'")
     assert_has(errors, "pools.chat.strategy", "did you mean 'round-robin'")
     assert len(errors) == 3
+
+
+def test_literal_secrets_are_masked_and_never_echoed() -> None:
+    from modelmesh_core.redaction import redact
+
+    cfg = {
+        "providers": {"alpha": {"connector": "openai.llm.v1",
+                                "config": {"api_key": "sk-literal-secret-0001"}}},
+        "proxy": {"auth": {"keys": [{"key": "mm-proxy-secret-0002", "name": "team-a"}],
+                           "admin_keys": ["mm-admin-secret-0003"]}},
+    }
+    text = repr(load_config(cfg))
+    for secret in ("sk-literal-secret-0001", "mm-proxy-secret-0002", "mm-admin-secret-0003"):
+        assert secret not in text
+        assert secret not in redact(f"log line mentioning {secret}")
+    assert "team-a" in text  # names are not secrets
+    cfg["providers"]["alpha"]["config"]["api_key"] = ["AIzaSyD-odd-shaped-secret-9"]
+    cfg["proxy"]["port"] = "AIzaSyD-not-a-port"
+    with pytest.raises(ConfigError) as exc:
+        ModelMesh(cfg).validate()  # the provider's own config is checked by the mesh
+    message = str(exc.value)
+    assert "AIzaSyD-odd-shaped-secret-9" not in message
+    assert "api_key: must be a string, not list" in message
+    assert "AIzaSyD-not-a-port" in message  # ordinary values are still echoed to help
