@@ -336,7 +336,7 @@ def _common_sampling(body: Mapping[str, Any]) -> float | None:
 
 # Parameters consumed into CompletionRequest fields; everything else goes to ``extra``.
 _CHAT_CONSUMED = frozenset(
-    {"model", "messages", "temperature", "max_tokens", "max_completion_tokens", "stream", "tools"}
+    {"model", "messages", "temperature", "max_tokens", "stream", "tools"}
 )
 
 
@@ -344,9 +344,11 @@ def parse_chat_request(body: Any) -> tuple[str, CompletionRequest]:
     """Validate a ``/v1/chat/completions`` body and build the request.
 
     Returns ``(model, request)`` where ``model`` is the name the caller asked for (a pool,
-    capability alias or path, or a concrete model id). ``max_completion_tokens`` is accepted
-    as ``max_tokens`` (when both are given they must agree on the smaller one: the smaller
-    wins). Unknown parameters are passed through in ``request.extra`` unchanged; so is
+    capability alias or path, or a concrete model id). ``max_completion_tokens`` is passed
+    through unchanged in ``extra`` and also sets ``max_tokens`` (the smaller of the two when
+    both are given), which routing uses to estimate cost and context needs; an upstream that
+    receives ``max_completion_tokens`` gets no ``max_tokens``. Unknown parameters are passed
+    through in ``request.extra`` unchanged; so is
     ``stream_options`` (read it back with :func:`include_usage`).
 
     Raises :class:`WireError` (status 400) naming the field on the first problem found.

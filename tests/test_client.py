@@ -161,3 +161,14 @@ def test_sync_call_from_the_mesh_loop_thread_fails_clearly():
         client.close()
     assert errors and "inside the mesh's own event loop" in str(errors[0])
     assert threading.active_count() >= 1
+
+
+def test_max_completion_tokens_is_forwarded_as_given(upstreams):
+    a, _ = upstreams
+    with modelmesh_core.create(config=openai_config([("a", a)])) as client:
+        client.chat.completions.create(model="chat", messages=HI, max_completion_tokens=50)
+        sent = [c.body for c in a.calls if c.path.endswith("/chat/completions")][-1]
+        assert sent["max_completion_tokens"] == 50 and "max_tokens" not in sent
+        client.chat.completions.create(model="chat", messages=HI, max_tokens=40)
+        sent = [c.body for c in a.calls if c.path.endswith("/chat/completions")][-1]
+        assert sent["max_tokens"] == 40 and "max_completion_tokens" not in sent

@@ -597,3 +597,19 @@ async def test_all_rate_limited_is_reported_as_such(fake_upstream, make_mesh, ma
     with pytest.raises(NoActiveModelError) as info:
         await mesh.router.complete("chat", req())
     assert not info.value.rate_limited
+
+
+async def test_403_for_one_model_leaves_the_provider_up(fake_upstream, make_mesh):
+    a, b = await fake_upstream(), await fake_upstream()
+    cfg = openai_config([("a", a), ("b", b)], models=("gpt-4o", "gpt-4o-mini"),
+                        strategy="priority-selection")
+    mesh = await make_mesh(cfg)
+    a.script(Fail(403, code="model_not_found",
+                  message="Project proj_x does not have access to model gpt-4o"))
+    resp = await mesh.router.complete("chat", req())
+    assert resp.model == "a.gpt-4o-mini"  # same provider, other model
+    assert mesh.state.provider("a").available
+    a.script(Fail(403, code="unsupported_country_region_territory"))
+    resp = await mesh.router.complete("chat", req())
+    assert resp.provider == "b"
+    assert not mesh.state.provider("a").available

@@ -59,6 +59,7 @@ _CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"
 _FILTER_CODES = frozenset(
     {"content_filter", "content_policy_violation", "content_filtered", "moderation_blocked"}
 )
+_MODEL_ACCESS_CODES = frozenset({"model_not_found", "model_not_available", "model_access_denied"})
 _QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "quota_exceeded"})
 _KEPT_HEADERS = ("retry-after", "retry-after-ms")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
@@ -390,7 +391,9 @@ class OpenAIAdapter:
         body["messages"] = request.messages
         if request.temperature is not None:
             body["temperature"] = request.temperature
-        if request.max_tokens is not None:
+        if request.max_tokens is not None and "max_completion_tokens" not in body:
+            # Newer OpenAI models reject max_tokens; a caller's max_completion_tokens is
+            # forwarded as given (it arrives in ``extra``).
             body["max_tokens"] = request.max_tokens
         if request.tools:
             body["tools"] = request.tools
@@ -465,6 +468,12 @@ class OpenAIAdapter:
             "rate_limit": parse_rate_limit(kept) if kept else None,
         }
         lowered = message.lower()
+        if status == 403 and (code in _MODEL_ACCESS_CODES or "model" in lowered):
+            # No access to this one model (e.g. "Project does not have access to model X"):
+            # the key itself is fine, so the provider's other models stay in service.
+            return ProviderError(
+                f"{text}; this key may not use model {model_id!r}", retryable=False, **common
+            )
         if status in (401, 403):
             return AuthenticationError(
                 f"{text}; check the API key of provider {self.name!r}", retryable=False, **common
