@@ -261,11 +261,29 @@ class StorageConfig:
     config: Any = Factory(dict)
 
 
+class RequestLogLevel(enum.StrEnum):
+    """How much of each request the request log records."""
+
+    OFF = "off"
+    METADATA = "metadata"
+    SUMMARY = "summary"
+    FULL = "full"
+
+
+@frozen(kw_only=True)
+class RequestLogConfig:
+    """The request log: one ``request.log`` event per finished request."""
+
+    level: RequestLogLevel = RequestLogLevel.METADATA
+    max_payload_chars: int = 2000
+
+
 @frozen(kw_only=True)
 class ObservabilityConfig:
-    """Event sinks and request log level."""
+    """Event sinks and the request log."""
 
     sinks: tuple[ConnectorRef, ...] = ()
+    request_log: RequestLogConfig = Factory(RequestLogConfig)
 
 
 @frozen(kw_only=True)
@@ -409,7 +427,7 @@ def _make_converter() -> cattrs.Converter:
     c.register_structure_hook(bool, _strict(bool, "true or false"))
     c.register_structure_hook(Duration, lambda v, _: parse_duration(v))
     c.register_structure_hook(ByteSize, lambda v, _: parse_size(v))
-    for enum_type in (Backoff, RetryScope, OnBudgetExceeded):
+    for enum_type in (Backoff, RetryScope, OnBudgetExceeded, RequestLogLevel):
         c.register_structure_hook(enum_type, _enum_hook)
     c.register_structure_hook_factory(_is_tuple, _make_tuple_hook(c))
     return c
@@ -744,6 +762,7 @@ _RANGES: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("ProxyLimitsConfig", "max_concurrency"): _at_least(1),
     ("ProxyLimitsConfig", "max_body_size"): _at_least(1),
     ("VirtualKeyConfig", "rpm"): _at_least(1),
+    ("RequestLogConfig", "max_payload_chars"): _at_least(1),
 }
 
 

@@ -30,10 +30,12 @@ class EventType:
     PROVIDER_DOWN = "provider.down"
     PROVIDER_UP = "provider.up"
     BUDGET_ALERT = "budget.alert"
+    REQUEST_LOG = "request.log"
 
     ALL: tuple[str, ...] = (
         REQUEST_ROUTED, REQUEST_SUCCEEDED, REQUEST_FAILED, ATTEMPT_FAILED, MODEL_DEACTIVATED,
         MODEL_RECOVERED, POOL_ROTATED, POOL_EXHAUSTED, PROVIDER_DOWN, PROVIDER_UP, BUDGET_ALERT,
+        REQUEST_LOG,
     )
 
 

@@ -46,6 +46,7 @@ from .errors import (
     ProviderError,
 )
 from .events import EventEmitter, EventType
+from .observability import RequestLogger
 from .pipeline import RoutingPipeline
 from .plugins import PluginRegistry, load_plugins
 from .pools import CandidateFilter, CapabilityPool, Services
@@ -497,9 +498,12 @@ class ModelMesh:
         for unsub in self._sink_unsubs:
             unsub()
         self._sink_unsubs = [self.events.subscribe(s) for s in asm.sinks]
+        log = asm.config.observability.request_log
         kwargs = dict(pipeline=asm.pipeline, pools=asm.pools, providers=asm.providers,
                       rotation=asm.rotation, budgets=asm.budgets, events=self.events,
-                      clock=self._clock, rng=self._rng, middleware=asm.middleware)
+                      clock=self._clock, rng=self._rng, middleware=asm.middleware,
+                      request_logger=RequestLogger(self.events, log.level.value,
+                                                   log.max_payload_chars))
         if self._router is None:
             runner = self._loop_thread.run if self._loop_thread is not None else None
             self._router = Router(runner=runner, **kwargs)  # type: ignore[arg-type]

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 from attrs import define
 
-from ._log import logger
 from .budget import BudgetTracker
 from .config import Backoff, RetryConfig
 from .errors import (
@@ -39,6 +38,7 @@ from .errors import (
     StreamInterruptedError,
 )
 from .events import EventEmitter, EventType
+from .observability import RequestLogger, Tracer
 from .pipeline import RoutingPipeline
 from .rotation import RotationManager
 from .types import (
@@ -67,6 +67,7 @@ T = TypeVar("T")
 _RAISE, _ROTATE, _RETRY = 0, 1, 2
 _ID_PREFIX = "mm-" + os.urandom(4).hex() + "-"
 _EMPTY_FEATURES: frozenset[str] = frozenset()
+_TRACER = Tracer()
 
 
 @define(kw_only=True)
@@ -192,14 +193,16 @@ class Router:
         clock: Clock,
         rng: random.Random | None = None,
         middleware: Sequence[Any] = (),
+        request_logger: RequestLogger | None = None,
         runner: Callable[[Coroutine[Any, Any, Any]], Any] | None = None,
     ) -> None:
         self._ids = itertools.count(1)
         self._batches: dict[str, tuple[BatchJob, asyncio.Task[None]]] = {}
         self._runner = runner
+        self._observability = _TRACER
         self.configure(pipeline=pipeline, pools=pools, providers=providers, rotation=rotation,
                        budgets=budgets, events=events, clock=clock, rng=rng,
-                       middleware=middleware)
+                       middleware=middleware, request_logger=request_logger)
 
     def configure(
         self,
@@ -213,11 +216,13 @@ class Router:
         clock: Clock,
         rng: random.Random | None = None,
         middleware: Sequence[Any] = (),
+        request_logger: RequestLogger | None = None,
     ) -> None:
         """Swap in a new set of routing objects (hot reload); running requests finish on the
         objects they started with."""
         self._pipeline = pipeline
         self._pools = pools
+        self._request_logger = request_logger or RequestLogger(events)
         self._providers = providers
         self._rotation = rotation
         self._budgets = budgets
@@ -283,13 +288,22 @@ class Router:
             estimated_tokens=tokens,
         )
 
-    async def _execute(self, preq: PipelineRequest, request_id: str) -> PipelineResult:
+    async def _execute(
+        self, preq: PipelineRequest, request_id: str, kind: str, t0: float
+    ) -> PipelineResult:
         try:
             return await self._pipeline.execute(preq)
         except NoActiveModelError as exc:
             exc.retry_after, exc.rate_limited = self._rotation.earliest_return(exc.reasons)
+            self._observability.info(f"no model available: {exc}", request_id=request_id)
             if self._event_emitter.enabled:
                 self._emit_refused(exc, request_id)
+                if self._request_logger.active:
+                    self._request_logger.log(
+                        request_id=request_id, name=preq.capability, kind=kind, pool=None,
+                        model=None, provider=None, attempts=0,
+                        latency_ms=(perf_counter() - t0) * 1000.0, overhead_ms=None,
+                        usage=None, cost=0.0, error=exc, request=preq.request)
             raise
 
     def _emit_refused(self, exc: NoActiveModelError, request_id: str,
@@ -391,9 +405,9 @@ class Router:
                 provider=model.provider, request_id=request_id, attempt=attempt,
                 error=type(exc).__name__, status=exc.status, message=str(exc)[:300],
             )
-        logger.opt(lazy=True).debug(
-            "attempt {} on {} failed: {}", lambda: attempt, lambda: model.id, lambda: exc
-        )
+        self._observability.debug(f"attempt {attempt} on {model.id} failed: {exc}",
+                                  request_id=request_id, pool=pool.name, model=model.id,
+                                  attempt=attempt)
 
     @staticmethod
     def _as_provider_error(exc: Exception, model: Model) -> ProviderError:
@@ -401,7 +415,8 @@ class Router:
             return exc
         if isinstance(exc, asyncio.TimeoutError):
             return ProviderTimeoutError("timed out", provider_id=model.provider, model_id=model.id)
-        logger.opt(exception=exc).warning("provider adapter for {} raised unexpectedly", model.id)
+        _TRACER.warning(f"provider adapter for {model.id} raised unexpectedly", exc=exc,
+                        model=model.id)
         return ProviderError(f"adapter raised {type(exc).__name__}: {exc}",
                              provider_id=model.provider, model_id=model.id, retryable=True)
 
@@ -516,7 +531,7 @@ class Router:
     ) -> Any:
         is_chat = kind == "complete"
         preq = self._pipeline_request(capability, request if is_chat else None, options, "sync")
-        result = await self._execute(preq, request_id)
+        result = await self._execute(preq, request_id, kind, t0)
         # Requests finish on the objects they started with, even across a hot reload.
         providers, rotation = self._providers, self._rotation
         pool = result.pool
@@ -556,7 +571,7 @@ class Router:
                 try:
                     i, tries = await self._next_step(exc, pool, plan, i, tries, n)
                 except ProviderError:
-                    self._failed(result, request_id, exc)
+                    self._failed(result, preq, request_id, exc, kind, n, t0)
                     raise
                 upstream += perf_counter() - t_wait
                 continue
@@ -575,9 +590,17 @@ class Router:
             if events.enabled:
                 self._emit_success(pool, model, request_id, n, elapsed, cost, response.usage,
                                    attempts, stream=False)
+                if self._request_logger.active:
+                    self._request_logger.log(
+                        request_id=request_id, name=capability, kind=kind, pool=pool.name,
+                        model=model.id, provider=model.provider, attempts=n,
+                        latency_ms=(perf_counter() - t0) * 1000.0,
+                        overhead_ms=metadata.get("overhead_ms") if metadata else None,
+                        usage=response.usage, cost=cost, error=None, request=preq.request,
+                        content=response.content if is_chat else None)
             return response
         error = self._exhausted(result, attempts, request_id)
-        self._failed(result, request_id, error)
+        self._failed(result, preq, request_id, error, kind, n, t0)
         raise error
 
     def _emit_routed(self, result: PipelineResult, request_id: str, *, stream: bool) -> None:
@@ -600,11 +623,22 @@ class Router:
                         provider=model.provider, request_id=request_id,
                         previous=[m for m, _ in failed])
 
-    def _failed(self, result: PipelineResult, request_id: str, exc: BaseException) -> None:
+    def _failed(
+        self, result: PipelineResult, preq: PipelineRequest, request_id: str,
+        exc: BaseException, kind: str, attempts_made: int, t0: float,
+    ) -> None:
+        self._observability.info(f"request failed on pool {result.pool.name!r}: {exc}",
+                                 request_id=request_id, pool=result.pool.name)
         if self._event_emitter.enabled:
             self._event_emitter.emit(EventType.REQUEST_FAILED, pool=result.pool.name,
                                      request_id=request_id, error=type(exc).__name__,
                                      message=str(exc)[:500])
+            if self._request_logger.active:
+                self._request_logger.log(
+                    request_id=request_id, name=preq.capability, kind=kind,
+                    pool=result.pool.name, model=None, provider=None, attempts=attempts_made,
+                    latency_ms=(perf_counter() - t0) * 1000.0, overhead_ms=None, usage=None,
+                    cost=0.0, error=exc, request=preq.request)
 
     # -- streaming
 
@@ -628,7 +662,7 @@ class Router:
                 await before(call)
             capability, request, options = call.name, call.request, call.options
         preq = self._pipeline_request(capability, request, options, "streaming")
-        result = await self._execute(preq, request_id)
+        result = await self._execute(preq, request_id, "stream", t0)
         request = _with_usage(request)
         providers, rotation = self._providers, self._rotation
         pool = result.pool
@@ -666,7 +700,7 @@ class Router:
                 md["attempts"] = n
                 md["pool"] = pool.name
                 md["request_id"] = request_id
-                md["overhead_ms"] = (perf_counter() - t0 - upstream) * 1000.0
+                md["overhead_ms"] = first_overhead = (perf_counter() - t0 - upstream) * 1000.0
                 rate_limit = md.get("rate_limit")
                 if first.usage:
                     usage = first.usage
@@ -695,13 +729,13 @@ class Router:
                         provider_id=model.provider, model_id=model.id, status=exc.status,
                         retryable=False,
                     )
-                    self._failed(result, request_id, err)
+                    self._failed(result, preq, request_id, err, "stream", n, t0)
                     raise err from exc
                 upstream += perf_counter() - ts
                 try:
                     i, tries = await self._next_step(exc, pool, plan, i, tries, n)
                 except ProviderError:
-                    self._failed(result, request_id, exc)
+                    self._failed(result, preq, request_id, exc, "stream", n, t0)
                     raise
                 continue
             finally:
@@ -714,9 +748,16 @@ class Router:
             if events.enabled:
                 self._emit_success(pool, model, request_id, n, elapsed, cost, usage or {},
                                    attempts, stream=True)
+                if self._request_logger.active:
+                    self._request_logger.log(
+                        request_id=request_id, name=capability, kind="stream", pool=pool.name,
+                        model=model.id, provider=model.provider, attempts=n,
+                        latency_ms=(perf_counter() - t0) * 1000.0,
+                        overhead_ms=first_overhead, usage=usage, cost=cost, error=None,
+                        request=preq.request)
             return
         error = self._exhausted(result, attempts, request_id)
-        self._failed(result, request_id, error)
+        self._failed(result, preq, request_id, error, "stream", n, t0)
         raise error
 
     # -- batch
