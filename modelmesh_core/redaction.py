@@ -44,8 +44,11 @@ def register_secret(value: str) -> None:
 
 def redact(text: str) -> str:
     """``text`` with every registered secret, bearer token and key-like string masked."""
+    # Whole key-shaped tokens first, so that a registered secret matching part of one cannot
+    # leave the rest of it readable.
+    text = _KEYLIKE.sub(_MASK, text)
+    text = _BEARER.sub(lambda m: m.group(1) + _MASK, text)
     pattern = _pattern
     if pattern is not None:
         text = pattern.sub(_MASK, text)
-    text = _BEARER.sub(lambda m: m.group(1) + _MASK, text)
-    return _KEYLIKE.sub(_MASK, text)
+    return text
