@@ -27,12 +27,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
+import aiohttp
+import aiohttp.http_exceptions
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from ._log import logger
 from .config import ProxyConfig
@@ -227,6 +231,12 @@ class _KeyState:
         self.day = self.month = -1
         self.day_spend = self.month_spend = 0.0
 
+    def adopt(self, other: _KeyState) -> None:
+        """Take over the counters of the same key before a config reload."""
+        self.window, self.requests = other.window, other.requests
+        self.day, self.day_spend = other.day, other.day_spend
+        self.month, self.month_spend = other.month, other.month_spend
+
     def admit(self, now: float) -> None:
         """Count one request; raise a 429 ``WireError`` when over rpm or budget."""
         if self.rpm is not None:
@@ -299,11 +309,9 @@ class ProxyServer:
         self.started_at = int(time.time())
         self._owns_mesh = False
         self._unsubscribe: Callable[[], None] | None = None
-        self._pool_of_name: dict[str, str | None] = {}
+        self._pool_of_name: dict[tuple[str, str | None], str | None] = {}
         self._semaphore: asyncio.Semaphore | None = None
         self.active_streams = 0
-        # router request id -> virtual key, for streams: their cost arrives in an event
-        self._stream_charges: dict[str, _KeyState] = {}
         self._configure(self.config)
 
     # ----------------------------------------------------------------- configuration
@@ -311,11 +319,16 @@ class ProxyServer:
     def _configure(self, cfg: ProxyConfig) -> None:
         self.config = cfg
         keys: dict[str, _KeyState] = {}
+        old = getattr(self, "keys", {})
         for i, vk in enumerate(cfg.auth.keys):
-            keys[str(vk.key)] = _KeyState(
+            state = _KeyState(
                 vk.name or f"key-{i}", frozenset(vk.pools) if vk.pools is not None else None,
                 vk.rpm, vk.budget, vk.admin,
             )
+            previous = old.get(str(vk.key))
+            if previous is not None:  # a reload keeps what the key already used
+                state.adopt(previous)
+            keys[str(vk.key)] = state
         self.keys = keys
         self.admin_tokens = frozenset(str(k) for k in cfg.auth.admin_keys) | frozenset(
             k for k, s in keys.items() if s.admin)
@@ -369,17 +382,7 @@ class ProxyServer:
         events = getattr(self.mesh, "events", None)
         if events is not None:
             metrics_listener = self.metrics.on_event
-            charges = self._stream_charges
-
-            def listener(event: Event) -> None:
-                metrics_listener(event)
-                if charges and event.type == EventType.REQUEST_SUCCEEDED:
-                    key = charges.pop(event.request_id or "", None)
-                    cost = event.data.get("cost")
-                    if key is not None and isinstance(cost, int | float):
-                        key.spend(float(cost), time.time())
-
-            self._unsubscribe = events.subscribe(listener)
+            self._unsubscribe = events.subscribe(metrics_listener)
         self.ready = True
         try:
             yield
@@ -406,19 +409,26 @@ class ProxyServer:
         token = _token(request)
         if token is None:
             raise WireError(
-                "Missing API key. Send 'Authorization: Bearer <key>' with a key configured "
-                "in proxy.auth.", status=401, code="missing_api_key")
+                "Missing API key. Send an Authorization header with the Bearer scheme and a "
+                "key configured in proxy.auth.", status=401, code="missing_api_key")
         key = self.keys.get(token)
         if key is None:
             if token in self.admin_tokens:
-                return None
+                raise WireError("Admin keys are for the /admin API; use a proxy key "
+                                "(proxy.auth.keys) for /v1.", status=403,
+                                code="admin_key_not_allowed")
             raise WireError("Incorrect API key provided.", status=401,
                             code="invalid_api_key")
         return key
 
     def require_admin(self, request: web.Request) -> None:
-        """401 without a key, 403 with a non-admin key (open when no key is configured)."""
+        """401 without a key, 403 with a non-admin key. With no key configured at all, the
+        admin API answers only callers on this machine (it can reload the configuration)."""
         if not self.auth_required:
+            if not _is_loopback(request.remote):
+                raise WireError("The admin API is only open to this machine while no "
+                                "proxy.auth keys are configured.", status=403,
+                                code="admin_requires_auth")
             return
         token = _token(request)
         if token is None:
@@ -438,7 +448,8 @@ class ProxyServer:
         allowed = key.pools
         if name in allowed:
             return
-        pool = self._pool_of_name.get(name, "")
+        cache_key = (name, options.preferred_provider)
+        pool = self._pool_of_name.get(cache_key, "")
         if pool == "":
             if name in self.model_entries and name not in self.pool_members:
                 pool = next((p for p in allowed if name in self.pool_members.get(p, ())), None)
@@ -450,7 +461,7 @@ class ProxyServer:
                 except ModelMeshError:
                     pool = None
             if pool is not None:
-                self._pool_of_name[name] = pool
+                self._pool_of_name[cache_key] = pool
         if pool is None or pool not in allowed:
             raise WireError(
                 f"Key {key.name!r} may not use model {name!r}; allowed pools: "
@@ -465,10 +476,28 @@ class ProxyServer:
 
     async def read_json(self, request: web.Request) -> Any:
         """The request body as JSON; 413 beyond the limit, 400 when it is not JSON."""
+        limit = self.max_body
         length = request.content_length
-        if length is not None and length > self.max_body:
-            raise _too_large(self.max_body)
-        raw = await request.read()
+        if length is not None and length > limit:
+            raise _too_large(limit)
+        try:
+            # Read with our own cap (it follows config reloads; the app's client_max_size is
+            # only a backstop) — also for chunked or compressed bodies.
+            parts: list[bytes] = []
+            size = 0
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                parts.append(chunk)
+            raw = parts[0] if len(parts) == 1 else b"".join(parts)
+        except (web.HTTPException, RequestPayloadError, aiohttp.ClientPayloadError,
+                aiohttp.http_exceptions.HttpProcessingError) as exc:
+            if isinstance(exc, web.HTTPRequestEntityTooLarge):
+                raise _too_large(limit) from None
+            raise WireError(f"The request body could not be read ({exc}); check its "
+                            "Content-Encoding and Transfer-Encoding.",
+                            code="invalid_body") from None
         if not raw:
             raise WireError("The request body is empty; send a JSON object.",
                             code="invalid_body")
@@ -482,7 +511,7 @@ class ProxyServer:
     def options(request: web.Request, key: _KeyState | None) -> RoutingOptions:
         """Routing hints from the request headers."""
         headers = request.headers
-        metadata: dict[str, Any] = {"request_id": request[REQUEST_ID]}
+        metadata: dict[str, Any] = {"request_id": request[ROUTER_ID]}
         if key is not None:
             metadata["virtual_key"] = key.name
         return RoutingOptions(
@@ -634,11 +663,9 @@ class ProxyServer:
             headers.update(_SSE_HEADERS)
             resp = web.StreamResponse(status=200, headers=headers)
             await resp.prepare(request)
-            rid = first.metadata.get("request_id") if first.metadata else None
-            if key is not None and key.budget is not None and rid:
-                self._stream_charges[rid] = key
-                stack.callback(self._stream_charges.pop, rid, None)
-            await self._pump(resp, first, agen, include_usage(creq), legacy)
+            last = await self._pump(resp, first, agen, include_usage(creq), legacy)
+            # The router puts the stream's cost on its last chunk once it has finished.
+            self._charge(key, last.metadata if last is not None else None)
             return resp
         raise _ClientGone  # the watch swallowed its own cancellation: the client left
 
@@ -646,15 +673,18 @@ class ProxyServer:
         self.active_streams -= 1
 
     async def _pump(self, resp: web.StreamResponse, first: CompletionResponse, agen: Any,
-                    want_usage: bool, legacy: bool) -> None:
+                    want_usage: bool, legacy: bool) -> CompletionResponse | None:
+        """Write the stream; return its last chunk when it completed, else None."""
         stream_id = first.id or f"{'cmpl' if legacy else 'chatcmpl'}-{uuid.uuid4().hex}"
         created = first.created or int(time.time())
         model = first.model
         usage: dict[str, int] | None = None
         chunk: CompletionResponse | None = first
+        last: CompletionResponse | None = first
         is_first = True
         try:
             while chunk is not None:
+                last = chunk
                 if chunk.usage:
                     usage = chunk.usage
                 if (is_first or chunk.content or chunk.tool_calls or chunk.finish_reason
@@ -679,14 +709,16 @@ class ProxyServer:
             await resp.write(_DONE)
         except ConnectionResetError:
             logger.debug("client went away mid-stream; upstream request cancelled")
-            return
+            return None
         except Exception as exc:
             status, body, _ = error_for_exception(exc)
             logger.opt(exception=exc).debug("stream failed after the first chunk ({})", status)
             with contextlib.suppress(ConnectionResetError):
                 await resp.write(b"data: " + dumps(body) + b"\n\n")
+            last = None
         with contextlib.suppress(ConnectionResetError):
             await resp.write_eof()
+        return last
 
     # ----------------------------------------------------------------- ops handlers
 
@@ -863,6 +895,18 @@ def _token(request: web.Request) -> str | None:
     return headers.get("api-key") or headers.get("x-api-key")
 
 
+def _is_loopback(remote: str | None) -> bool:
+    if not remote:
+        return False
+    try:
+        return ipaddress.ip_address(remote.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return remote == "localhost"
+
+
+_BODY_BACKSTOP = 1 << 30  # the real limit is proxy.limits.max_body_size, checked per request
+
+
 def _too_large(limit: int) -> WireError:
     return WireError(f"The request body is larger than the limit of {limit} bytes "
                      "(proxy.limits.max_body_size).", status=413,
@@ -901,7 +945,11 @@ _HTTP_MESSAGES = {
 }
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("modelmesh_request_id", str)
-"""The request id of a request (incoming ``x-request-id`` or a new one)."""
+"""The request id of a request (incoming ``x-request-id`` or a new one), echoed back."""
+
+ROUTER_ID: web.RequestKey[str] = web.RequestKey("modelmesh_router_id", str)
+"""The id the router, events and logs use: unique even when clients reuse x-request-id (the
+client's id plus a suffix, so the two stay easy to correlate)."""
 
 SERVER_STATE: web.AppKey[ProxyServer] = web.AppKey("modelmesh_proxy", ProxyServer)
 """Where the :class:`ProxyServer` of an application lives (``app[SERVER_STATE]``)."""
@@ -913,7 +961,12 @@ def _make_middleware(server: ProxyServer) -> Any:
     @web.middleware
     async def edge(request: web.Request, handler: Any) -> web.StreamResponse:
         started = time.perf_counter()
-        request[REQUEST_ID] = request.headers.get("x-request-id") or uuid.uuid4().hex
+        client_id = request.headers.get("x-request-id")
+        if client_id:
+            request[REQUEST_ID] = client_id
+            request[ROUTER_ID] = f"{client_id}.{uuid.uuid4().hex[:12]}"
+        else:
+            request[REQUEST_ID] = request[ROUTER_ID] = uuid.uuid4().hex
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
@@ -1009,7 +1062,7 @@ def create_app(mesh: Any, config: ProxyConfig | None = None) -> web.Application:
     the caller initialised stays the caller's to shut down.
     """
     server = ProxyServer(mesh, config)
-    app = web.Application(client_max_size=server.max_body,
+    app = web.Application(client_max_size=_BODY_BACKSTOP,
                           middlewares=[_make_middleware(server)])
     app[SERVER_STATE] = server
     app.cleanup_ctx.append(server.lifecycle)

@@ -718,3 +718,97 @@ async def test_admin_reload_with_empty_body_rereads_the_file(fakes: Any, tmp_pat
                                          {"authorization": "Bearer mm-admin-000001"})
         assert status == 200, body
         assert proxy.mesh.pools["chat"].strategy_name == "modelmesh.round-robin.v1"
+
+
+async def test_preferred_provider_header_cannot_escape_a_key_pool(fakes: Any) -> None:
+    cfg = mesh_config(*fakes)
+    cfg["pools"] = {
+        "chat": {"capability": "chat-completion", "providers": ["alpha"]},
+        "other": {"capability": "chat-completion", "providers": ["beta"], "priority": -1},
+    }
+    proxy_cfg = ProxyConfig(auth=ProxyAuthConfig(keys=(
+        VirtualKeyConfig(key="mm-scoped-0001", name="scoped", pools=("chat",)),)))
+    async with running_proxy(cfg, proxy_cfg) as proxy:
+        client = proxy.client("mm-scoped-0001")
+        ok = await client.chat.completions.create(model="chat-completion", messages=MSG)
+        assert ok.model == "alpha.gpt-4o-mini"
+        with pytest.raises(openai.PermissionDeniedError):
+            await client.chat.completions.create(
+                model="chat-completion", messages=MSG,
+                extra_headers={"x-modelmesh-preferred-provider": "beta"})
+
+
+async def test_streams_sharing_a_client_request_id_are_all_billed(fakes: Any) -> None:
+    from modelmesh_core.config import BudgetConfig
+
+    config = mesh_config(*fakes)
+    priced = {"pricing": {"per_request": 0.3}}
+    config["models"] = {"alpha.gpt-4o-mini": priced, "beta.gpt-4o-mini": priced}
+    proxy_cfg = ProxyConfig(auth=ProxyAuthConfig(keys=(
+        VirtualKeyConfig(key="mm-budget-0002", name="team-b",
+                         budget=BudgetConfig(daily=1.0)),)))
+    async with running_proxy(config, proxy_cfg) as proxy:
+        client = proxy.client("mm-budget-0002")
+
+        async def one() -> str:
+            stream = await client.chat.completions.create(
+                model="chat", messages=MSG, stream=True, extra_headers={"x-request-id": "same"})
+            return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+        assert all(await asyncio.gather(*(one() for _ in range(3))))
+        key = next(iter(proxy.server.keys.values()))
+        assert key.day_spend == pytest.approx(0.9)
+
+
+async def test_admin_keys_are_not_proxy_keys(fakes: Any) -> None:
+    async with running_proxy(mesh_config(*fakes), auth_proxy_config()) as proxy:
+        with pytest.raises(openai.PermissionDeniedError) as info:
+            await proxy.client("mm-admin-key-1").chat.completions.create(
+                model="chat", messages=MSG)
+        assert info.value.code == "admin_key_not_allowed"
+
+
+def test_open_admin_api_is_for_this_machine_only() -> None:
+    from modelmesh_core.server import _is_loopback
+
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("127.5.0.2")
+    assert not _is_loopback("10.0.0.8") and not _is_loopback("192.168.1.4")
+    assert not _is_loopback(None) and not _is_loopback("garbage")
+
+
+async def test_reload_keeps_key_counters_and_applies_a_new_body_limit(
+        fakes: Any, tmp_path: Any) -> None:
+    import yaml
+
+    path = tmp_path / "mesh.yaml"
+    cfg = mesh_config(*fakes)
+    cfg["proxy"] = {"auth": {"keys": [{"key": "mm-rpm-key-0003", "name": "r", "rpm": 2}],
+                             "admin_keys": ["mm-admin-000004"]},
+                    "limits": {"max_body_size": "10KB"}}
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    big = ('{"model": "chat", "messages": [{"role": "user", "content": "'
+           + "x" * 15_000 + '"}]}')
+    headers = {"authorization": "Bearer mm-rpm-key-0003", "content-type": "application/json"}
+    async with running_proxy(str(path)) as proxy:  # type: ignore[arg-type]
+        status, _, _ = await post_raw(proxy, "/v1/chat/completions", big, headers)
+        assert status == 413
+        cfg["proxy"]["limits"]["max_body_size"] = "1MB"
+        path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+        status, body, _ = await post_raw(proxy, "/admin/reload", b"",
+                                         {"authorization": "Bearer mm-admin-000004"})
+        assert status == 200, body
+        # the 413 above counted against rpm 2; this is the second request of the minute
+        status, body, _ = await post_raw(proxy, "/v1/chat/completions", big, headers)
+        assert status == 200, body
+        status, body, _ = await post_raw(proxy, "/v1/chat/completions", big, headers)
+        assert status == 429 and body["error"]["code"] == "rate_limit_exceeded"
+
+
+async def test_undecodable_body_is_a_400(fakes: Any) -> None:
+    async with running_proxy(mesh_config(*fakes)) as proxy:
+        status, body, _ = await post_raw(
+            proxy, "/v1/chat/completions",
+            b'{"model": "chat", "messages": [{"role": "user", "content": "hi"}]}',
+            {"content-type": "application/json", "content-encoding": "gzip"})
+        assert status == 400
+        assert assert_error_shape(body)["code"] == "invalid_body"
