@@ -119,10 +119,18 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     from .server import serve
 
     mesh = _mesh(args.config)
-    if not args.worker and mesh.validate()["providers"] == 0:
-        print("modelmesh: warning: no provider is configured or detected from the environment "
-              "(set OPENAI_API_KEY, GROQ_API_KEY, … or pass --config); requests will fail "
-              "until one is", file=sys.stderr, flush=True)
+    if not args.worker:
+        if mesh.validate()["providers"] == 0:
+            print("modelmesh: warning: no provider is configured or detected from the "
+                  "environment (set OPENAI_API_KEY, GROQ_API_KEY, … or pass --config); "
+                  "requests will fail until one is", file=sys.stderr, flush=True)
+        cfg = mesh.validated_config.proxy
+        bind = args.host or cfg.host
+        if not (cfg.auth.keys or cfg.auth.admin_keys) and bind not in (
+                "127.0.0.1", "localhost", "::1"):
+            print(f"modelmesh: warning: listening on {bind} with no proxy.auth keys: anyone "
+                  "who can reach this port can use your providers (the admin API stays "
+                  "loopback-only)", file=sys.stderr, flush=True)
     host = args.host
     port = args.port
 
@@ -130,7 +138,13 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         if not args.worker:
             print(*parts, file=out, flush=True)
 
-    serve(mesh, host=host, port=port, reuse_port=bool(args.worker), print_banner=banner)
+    try:
+        serve(mesh, host=host, port=port, reuse_port=bool(args.worker), print_banner=banner)
+    except OSError as exc:
+        print(f"modelmesh: cannot listen on {host or 'the configured address'}:"
+              f"{port if port is not None else ''}: {exc.strerror or exc}",
+              file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

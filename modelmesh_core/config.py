@@ -708,7 +708,10 @@ def structure_sections(
             continue
         value_out, errs = structure(value, fields[key].type, key)  # type: ignore[arg-type]
         errors.extend(errs)
-        if not errs:
+        if errs:
+            # keep what is valid so that its range and semantic checks still run
+            value_out = _salvage(value, fields[key].type, key, errs)  # type: ignore[arg-type]
+        if value_out is not None:
             kwargs[key] = value_out
     return MeshConfig(**kwargs), errors, broken
 

@@ -123,8 +123,10 @@ async def _run(requests: int, concurrency: int, stream_ratio: float, seed: int,
                            TextColumn("{task.fields[note]}"), console=console, transient=True)
             task_id = bar.add_task("requests", total=requests, note="")
             bar.start()
-        client = openai.AsyncOpenAI(base_url=f"http://{host}:{port}/v1", api_key="demo",
-                                    max_retries=0)
+        # trust_env=False: an HTTP(S)_PROXY in the environment must not capture loopback calls
+        client = openai.AsyncOpenAI(
+            base_url=f"http://{host}:{port}/v1", api_key="demo", max_retries=0,
+            http_client=openai.DefaultAsyncHttpxClient(trust_env=False))
 
         async def one(i: int, stream: bool) -> None:
             messages: list[Any] = [{"role": "user", "content": _PROMPTS[i % len(_PROMPTS)]}]

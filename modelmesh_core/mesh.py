@@ -187,6 +187,7 @@ class ModelMesh:
         self.state: StateStore = MemoryStateStore()
         self._asm: _Assembly | None = None
         self._router: Router | None = None
+        self._validated: MeshConfig | None = None
 
     # -- lifecycle
 
@@ -276,8 +277,14 @@ class ModelMesh:
         every problem; returns counts of providers, models and pools.
         """
         asm = self._assemble(self._source if config is None else config, state=None)
+        self._validated = asm.config
         return {"providers": len(asm.providers), "models": len(asm.models),
                 "pools": len(asm.pools)}
+
+    @property
+    def validated_config(self) -> MeshConfig | None:
+        """The configuration the last :meth:`validate` accepted (None before one ran)."""
+        return self._validated
 
     def initialize_sync(self) -> ModelMesh:
         """Initialize on a private loop thread so the ``*_sync`` methods can be used."""
@@ -616,10 +623,11 @@ class _Builder:
         events = self.mesh.events
         clock = self.mesh._clock
         pools = self._pools(tree, models, providers)
+        self._implicit_pools(tree, models, pools)
+        self._proxy_checks(set(pools))
         if self.errors:
             self._late_checks()
             raise ConfigError(self.errors)
-        self._implicit_pools(tree, models, pools)
         direct = self._direct_pools(models)
         budgets = BudgetTracker(
             global_budget=cfg.budget,
@@ -655,6 +663,25 @@ class _Builder:
             middleware=middleware, sinks=sinks, discovery=discovery,
             secret_store=self.secret_store,
         )
+
+    def _proxy_checks(self, pools: set[str]) -> None:
+        """Virtual keys: known pools, and no token given twice (the later one would win)."""
+        auth = self.config.proxy.auth
+        seen: dict[str, str] = {}
+        for i, vk in enumerate(auth.keys):
+            path = f"proxy.auth.keys.{i}"
+            for j, pool in enumerate(vk.pools or ()):
+                if pool not in pools:
+                    self.err(f"{path}.pools.{j}", f"unknown pool {pool!r}"
+                             f"{_hint(pool, pools)}; pools: {', '.join(sorted(pools))}")
+            token = str(vk.key)
+            if token in seen:
+                self.err(f"{path}.key", f"the same key as {seen[token]}")
+            seen.setdefault(token, f"{path}.key")
+        for j, token in enumerate(auth.admin_keys):
+            if str(token) in seen:
+                self.err(f"proxy.auth.admin_keys.{j}", f"also listed as {seen[str(token)]}; "
+                         "give a proxy key admin rights with admin: true instead")
 
     def _late_checks(self) -> None:
         """Checks that do not need a buildable runtime, run when earlier ones already failed

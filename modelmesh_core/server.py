@@ -40,7 +40,12 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from ._log import logger
 from .config import ProxyConfig
-from .errors import BudgetExceededError, ConfigError, ModelMeshError
+from .errors import (
+    BudgetExceededError,
+    CapabilityNotFoundError,
+    ConfigError,
+    ModelMeshError,
+)
 from .events import Event, EventType
 from .redaction import redact
 from .types import CompletionRequest, CompletionResponse, RoutingOptions
@@ -116,7 +121,8 @@ class ProxyMetrics:
         self.http = Counter("modelmesh_http_requests", "HTTP requests by route and status",
                             ("route", "status"), registry=r)
         self.http_latency = Histogram(
-            "modelmesh_http_request_duration_seconds", "Time to the response headers",
+            "modelmesh_http_request_duration_seconds",
+            "Time to handle a request (for a stream: until its last chunk was sent)",
             ("route",), registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
@@ -458,6 +464,8 @@ class ProxyServer:
                     # Which pool the name means, not which model is healthy right now:
                     # the answer depends only on configuration, so it is cached.
                     pool = await self.router.pool_for(name, options)
+                except CapabilityNotFoundError:
+                    raise  # an unknown model is a 404 for everyone, not a 403
                 except ModelMeshError:
                     pool = None
             if pool is not None:
@@ -610,8 +618,6 @@ class ProxyServer:
         model_id = request.match_info["model"]
         entry = self.model_entries.get(model_id)
         if entry is None:
-            from .errors import CapabilityNotFoundError
-
             raise CapabilityNotFoundError(f"The model {model_id!r} does not exist")
         if key is not None and key.pools is not None and model_id not in key.pools and not any(
                 model_id in self.pool_members.get(p, ()) for p in key.pools):

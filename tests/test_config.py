@@ -477,3 +477,18 @@ def test_literal_secrets_are_masked_and_never_echoed() -> None:
     assert "AIzaSyD-odd-shaped-secret-9" not in message
     assert "api_key: must be a string, not list" in message
     assert "AIzaSyD-not-a-port" in message  # ordinary values are still echoed to help
+
+
+async def test_proxy_keys_are_checked_against_pools_and_each_other() -> None:
+    cfg = mock_config()
+    cfg["proxy"] = {"port": "eighty", "auth": {
+        "keys": [{"key": "mm-k-00001", "pools": ["nopool"], "rpm": -5},
+                 {"key": "mm-k-00001", "name": "dup"}],
+        "admin_keys": ["mm-k-00001"]}}
+    errors = await init_error(cfg)
+    assert_has(errors, "proxy.port", "must be an integer")
+    assert_has(errors, "proxy.auth.keys.0.rpm", "at least 1")  # checked despite proxy.port
+    assert_has(errors, "proxy.auth.keys.0.pools.0", "unknown pool 'nopool'")
+    assert_has(errors, "proxy.auth.keys.1.key", "same key as proxy.auth.keys.0.key")
+    assert_has(errors, "proxy.auth.admin_keys.0", "admin: true")
+    assert not any("mm-k-00001" in e for e in errors)

@@ -812,3 +812,10 @@ async def test_undecodable_body_is_a_400(fakes: Any) -> None:
             {"content-type": "application/json", "content-encoding": "gzip"})
         assert status == 400
         assert assert_error_shape(body)["code"] == "invalid_body"
+
+
+async def test_scoped_key_asking_for_an_unknown_model_gets_404(fakes: Any) -> None:
+    async with running_proxy(mesh_config(*fakes), auth_proxy_config()) as proxy:
+        with pytest.raises(openai.NotFoundError):
+            await proxy.client("mm-limited-key").chat.completions.create(
+                model="gpt-4o-mini", messages=MSG)
