@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequenc
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import attrs
 from attrs import define
 
 from .budget import BudgetTracker
@@ -122,17 +121,6 @@ def estimate_request(request: CompletionRequest) -> tuple[int, frozenset[str]]:
                 need.add("json_mode")
         features = frozenset(need)
     return tokens, features
-
-
-def _with_usage(request: CompletionRequest) -> CompletionRequest:
-    """Always ask the upstream for stream usage: cost, budgets and quotas need it. The extra
-    usage chunk is only passed on by the wire encoders when the caller asked for it."""
-    extra = request.extra
-    opts = extra.get("stream_options") if extra else None
-    if isinstance(opts, dict) and opts.get("include_usage"):
-        return request
-    merged = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
-    return attrs.evolve(request, extra={**extra, "stream_options": merged})
 
 
 def _classify(exc: ProviderError, policy: RetryConfig) -> int:
@@ -663,7 +651,6 @@ class Router:
             capability, request, options = call.name, call.request, call.options
         preq = self._pipeline_request(capability, request, options, "streaming")
         result = await self._execute(preq, request_id, "stream", t0)
-        request = _with_usage(request)
         providers, rotation = self._providers, self._rotation
         pool = result.pool
         policy = pool.retry

@@ -431,7 +431,9 @@ class ProviderAdapter(Protocol):
     ) -> AsyncIterator[CompletionResponse]:
         """Send one streaming chat completion; yield delta chunks as they arrive.
 
-        A stream that ends without its terminator raises ``StreamInterruptedError``.
+        Ask the upstream for token usage whenever its protocol allows (the router bills cost,
+        budgets and quotas from it) and yield it on a chunk's ``usage``. A stream that ends
+        without its terminator raises ``StreamInterruptedError``.
         """
         ...
 

@@ -399,6 +399,12 @@ class OpenAIAdapter:
             body["tools"] = request.tools
         if stream:
             body["stream"] = True
+            options = body.get("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage")):
+                # Always ask for the usage chunk: cost, budgets and quotas are billed from it
+                # (the proxy and client pass it on only when the caller asked for it).
+                body["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                          "include_usage": True}
         else:
             body.pop("stream", None)
             body.pop("stream_options", None)

@@ -153,12 +153,21 @@ async def test_stream_with_include_usage(make_adapter, fake) -> None:
     assert latencies == sorted(latencies)
 
 
-async def test_stream_without_usage_has_no_usage_chunk(make_adapter) -> None:
+async def test_stream_always_asks_the_upstream_for_usage(make_adapter, fake) -> None:
+    # The caller did not ask for usage, but the router bills from it: the adapter asks anyway
+    # (the wire encoders only pass the usage chunk on when the caller asked).
     chunks = [
         c async for c in make_adapter().stream(MODEL, CompletionRequest(messages=HELLO), FAST)
     ]
-    assert chunks[-1].finish_reason == "stop"
-    assert all(not c.usage for c in chunks)
+    sent = fake.calls[-1].body
+    assert sent["stream_options"] == {"include_usage": True}
+    assert chunks[-2].finish_reason == "stop"
+    assert chunks[-1].usage["total_tokens"] > 0 and chunks[-1].finish_reason is None
+    kept = CompletionRequest(messages=HELLO,
+                             extra={"stream_options": {"include_obfuscation": False}})
+    [c async for c in make_adapter().stream(MODEL, kept, FAST)]
+    assert fake.calls[-1].body["stream_options"] == {"include_obfuscation": False,
+                                                     "include_usage": True}
 
 
 async def test_stream_tool_calls_as_index_keyed_deltas(make_adapter, fake) -> None:
@@ -187,7 +196,7 @@ async def test_stream_tool_calls_as_index_keyed_deltas(make_adapter, fake) -> No
     assert orjson.loads(calls[0]["arguments"]) == {"q": "weather in Paris"}
     assert orjson.loads(calls[1]["arguments"]) == {"tz": "UTC"}
     assert calls[0]["id"] and calls[0]["id"] != calls[1]["id"]
-    assert chunks[-1].finish_reason == "tool_calls"
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["tool_calls"]
 
 
 async def test_embeddings_are_deterministic(make_adapter, fake) -> None:
