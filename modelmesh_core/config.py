@@ -249,7 +249,7 @@ class PluginsConfig:
     block: tuple[str, ...] = ()
     strict: bool | None = None
     stages: tuple[StageConfig, ...] = ()
-    filters: tuple[str, ...] | None = None
+    filters: tuple[ConnectorRef, ...] | None = None
     middleware: tuple[ConnectorRef, ...] = ()
 
 

@@ -57,6 +57,7 @@ from .state import MemoryStateStore, StateStore
 from .types import (
     ALL_DELIVERY_MODES,
     ALL_FEATURES,
+    FilterSpec,
     Limits,
     Model,
     ModelInfo,
@@ -1030,16 +1031,25 @@ class _Builder:
 
     def _filters(self, services: Services) -> dict[str, list[CandidateFilter]]:
         wanted = self.config.plugins.filters
-        specs = list(self.registry.filters.values())
-        if wanted is not None:
-            for i, name in enumerate(wanted):
-                if name not in self.registry.filters:
-                    self.err(f"plugins.filters.{i}", f"unknown filter {name!r}"
-                             f"{_hint(name, self.registry.filters)}")
-            specs = [s for s in specs if s.name in wanted]
+        table = self.registry.filters
+        chosen: list[tuple[FilterSpec, Any, str]] = []
+        if wanted is None:
+            chosen = [(spec, {}, f"(filter {spec.name})") for spec in table.values()]
+        else:
+            for i, ref in enumerate(wanted):
+                spec = table.get(ref.connector)
+                if spec is None:
+                    self.err(f"plugins.filters.{i}", f"unknown filter {ref.connector!r}"
+                             f"{_hint(ref.connector, table)}; registered: "
+                             f"{', '.join(sorted(table))}")
+                    continue
+                chosen.append((spec, ref.config, f"plugins.filters.{i}.config"))
         out: dict[str, list[CandidateFilter]] = {}
-        for spec in sorted(specs, key=lambda s: (s.order, s.name)):
-            out.setdefault(spec.stage, []).append(spec.factory(None, services))
+        for spec, raw, path in sorted(chosen, key=lambda c: (c[0].order, c[0].name)):
+            conf = self.plugin_config(raw, spec.config_type, path)
+            if conf is None and spec.config_type is not None:
+                continue  # its config is invalid: reported, not built
+            out.setdefault(spec.stage, []).append(spec.factory(conf, services))
         return out
 
     def _stages(self, services: Services) -> list[Any]:
@@ -1068,6 +1078,8 @@ class _Builder:
         stages: list[Any] = []
         for name, (_, spec, conf) in sorted(layout.items(), key=lambda kv: (kv[1][0], kv[0])):
             value = self.plugin_config(conf, spec.config_type, f"plugins.stages.{name}.config")
+            if value is None and spec.config_type is not None:
+                continue  # its config is invalid: reported, not built
             stage = spec.factory(value, services)
             if getattr(stage, "name", None) != name:
                 try:

@@ -563,3 +563,40 @@ async def test_same_provider_scope_does_not_fail_over_to_another_provider(make_m
         await mesh.router.complete("chat", CompletionRequest(messages=HI))
     assert [m for m, _ in exc.value.attempts] == ["a.one", "a.two"]
     assert plugin.adapters["b"].calls == []
+
+
+async def test_a_filter_plugin_gets_its_own_config(make_mesh: Any) -> None:
+    import attrs as _attrs
+
+    from modelmesh_core import ConfigError, FilterSpec, hookimpl
+
+    @_attrs.frozen(kw_only=True)
+    class BlockConfig:
+        providers: tuple[str, ...] = ()
+
+    class Block:
+        def __init__(self, config: BlockConfig, services: Any) -> None:
+            self.blocked = frozenset(config.providers)
+
+        def reason(self, model: Any, context: Any) -> str | None:
+            return "blocked by policy" if model.provider in self.blocked else None
+
+    class Plugin:
+        @hookimpl
+        def modelmesh_filters(self) -> list[FilterSpec]:
+            return [FilterSpec(name="acme.block", stage="state-filter", factory=Block,
+                               config_type=BlockConfig)]
+
+    cfg = mock_config(("a", "b"))
+    cfg["plugins"]["filters"] = ["modelmesh.model-state",
+                                 {"connector": "acme.block", "config": {"providers": ["a"]}}]
+    mesh = await make_mesh(cfg, plugins=[MockPlugin(), Plugin()])
+    decision = await mesh.router.route("chat-completion")
+    assert decision.model_id == "b.mock-chat"
+    assert decision.reasons == {"a.mock-chat": "blocked by policy"}
+
+    cfg["plugins"]["filters"][1]["config"] = {"provider": ["a"]}
+    with pytest.raises(ConfigError) as info:
+        await make_mesh(cfg, plugins=[MockPlugin(), Plugin()])
+    assert any(e.startswith("plugins.filters.1.config.provider: unknown key")
+               for e in info.value.errors)
