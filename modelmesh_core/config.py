@@ -134,6 +134,17 @@ class RetryConfig:
 
 
 @frozen(kw_only=True)
+class ProviderRetryConfig:
+    """How a provider's own transient errors are retried on the same model before the pool's
+    policy rotates to another candidate (overrides the pool's values for this provider)."""
+
+    same_model_retries: int = 0
+    backoff: Backoff = Backoff.EXPONENTIAL_JITTER
+    initial_delay: Duration = Duration(0.05)
+    max_delay: Duration = Duration(5.0)
+
+
+@frozen(kw_only=True)
 class TimeoutConfig:
     """Per-attempt timeouts; null disables one."""
 
@@ -185,6 +196,7 @@ class ProviderConfig:
     budget: BudgetConfig | None = None
     limits: LimitsConfig | None = None
     timeout: TimeoutConfig | None = None
+    retry: ProviderRetryConfig | None = None
 
 
 @frozen(kw_only=True)
@@ -749,6 +761,7 @@ _RANGES: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("ModelConfig", "max_output_tokens"): _at_least(1),
     ("RetryConfig", "max_attempts"): _at_least(1),
     ("RetryConfig", "same_model_retries"): _at_least(0),
+    ("ProviderRetryConfig", "same_model_retries"): _at_least(0),
     ("RetryConfig", "retryable_codes"): _status_codes,
     ("RetryConfig", "non_retryable_codes"): _status_codes,
     ("RetryConfig", "rotate_codes"): _status_codes,
@@ -787,7 +800,7 @@ def range_errors(value: Any, path: str = "") -> list[str]:
                 if msg:
                     errors.append(f"{where}: {msg}")
             errors.extend(range_errors(item, where))
-        if cls == "RetryConfig" and value.initial_delay > value.max_delay:
+        if cls in ("RetryConfig", "ProviderRetryConfig") and value.initial_delay > value.max_delay:
             errors.append(f"{path + '.' if path else ''}initial_delay: must not exceed "
                           f"max_delay ({value.max_delay:g}s)")
     elif isinstance(value, Mapping):

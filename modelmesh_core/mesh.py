@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import inspect
 import os
 import random
 import threading
@@ -578,6 +579,9 @@ class ModelMesh:
             errors.extend(errs)
             return None
         try:
+            if "env" in inspect.signature(spec.factory).parameters:
+                # stores that read the environment see the mesh's (ModelMesh(env=...))
+                return spec.factory(cfg, env=self._env)
             return spec.factory(cfg)
         except ConfigError as exc:
             errors.extend(exc.errors)
@@ -766,7 +770,7 @@ class _Builder:
                 continue
             providers[name] = Provider(name=name, connector=pc.connector, adapter=adapter,
                                        timeouts=timeouts, limits=_limits(pc.limits),
-                                       enabled=pc.enabled)
+                                       enabled=pc.enabled, retry=pc.retry)
         auto = cfg.discovery.auto_detect
         if auto or (auto is None and not cfg.providers):
             self._auto_detect(providers, specs, default_timeouts)

@@ -141,7 +141,9 @@ def _classify(exc: ProviderError, policy: RetryConfig) -> int:
     return _RETRY if exc.retryable else _RAISE
 
 
-def _backoff(policy: RetryConfig, n: int, exc: ProviderError, rng: random.Random) -> float:
+def _backoff(policy: Any, n: int, exc: ProviderError, rng: random.Random) -> float:
+    """Seconds to wait before the ``n``-th same-model retry (``RetryConfig`` or
+    ``ProviderRetryConfig``)."""
     if policy.backoff is Backoff.FIXED:
         return float(policy.initial_delay)
     if policy.backoff is Backoff.RETRY_AFTER:
@@ -381,12 +383,11 @@ class Router:
     def _record_failure(
         self, result: PipelineResult, model: Model, st: Any, exc: ProviderError,
         request_id: str, attempt: int,
-    ) -> None:
+    ) -> bool:
+        """Record a failed attempt in state and events; True when it counts against the
+        model (the strategy hears of it only when the request moves on, see ``_next_step``)."""
         pool = result.pool
         counted = self._rotation.failure(pool, model, st, exc)
-        record = getattr(pool.strategy, "record", None)
-        if record is not None and counted:
-            record(model, False, result.context)
         if self._event_emitter.enabled:
             self._event_emitter.emit(
                 EventType.ATTEMPT_FAILED, pool=pool.name, model=model.id,
@@ -396,6 +397,7 @@ class Router:
         self._observability.debug(f"attempt {attempt} on {model.id} failed: {exc}",
                                   request_id=request_id, pool=pool.name, model=model.id,
                                   attempt=attempt)
+        return counted
 
     @staticmethod
     def _as_provider_error(exc: Exception, model: Model) -> ProviderError:
@@ -431,21 +433,26 @@ class Router:
         )
 
     async def _next_step(
-        self, exc: ProviderError, pool: CapabilityPool, plan: list[Model], i: int,
-        same_model_tries: int, n_attempts: int,
+        self, exc: ProviderError, result: PipelineResult, provider: Provider,
+        plan: list[Model], i: int, same_model_tries: int, n_attempts: int, counted: bool,
     ) -> tuple[int, int]:
         """Decide what follows a failed attempt: ``(next index, same-model tries)``.
 
-        Raises ``exc`` when the error is the caller's (non-retryable).
+        Raises ``exc`` when the error is the caller's (non-retryable). The pool's strategy is
+        told of the failure when the request gives up on the model (not on a same-model
+        retry that may still succeed).
         """
+        pool = result.pool
         policy = pool.retry
         action = _ROTATE if exc.status in pool.config.deactivate_on else _classify(exc, policy)
         if action == _RAISE:
             raise exc
         if n_attempts >= policy.max_attempts:
+            self._tell_strategy(result, plan[i], counted)
             return len(plan), 0
-        if action == _RETRY and same_model_tries < policy.same_model_retries:
-            await asyncio.sleep(_backoff(policy, same_model_tries, exc, self._rng))
+        same = provider.retry or policy  # a provider's own retry settings win here
+        if action == _RETRY and same_model_tries < same.same_model_retries:
+            await asyncio.sleep(_backoff(same, same_model_tries, exc, self._rng))
             self._rotation.waited(plan[i])
             return i, same_model_tries + 1
         last = i + 1 >= len(plan)
@@ -461,7 +468,14 @@ class Router:
             await asyncio.sleep(exc.retry_after)
             self._rotation.waited(plan[i])
             return i, same_model_tries + 1
+        self._tell_strategy(result, plan[i], counted)
         return i + 1, 0
+
+    @staticmethod
+    def _tell_strategy(result: PipelineResult, model: Model, counted: bool) -> None:
+        record = getattr(result.pool.strategy, "record", None)
+        if record is not None and counted:
+            record(model, False, result.context)
 
     # -- complete / embed
 
@@ -554,10 +568,11 @@ class Router:
                 upstream += perf_counter() - ts
                 exc = self._as_provider_error(raw, model)
                 attempts.append((model.id, exc))
-                self._record_failure(result, model, st, exc, request_id, n)
+                counted = self._record_failure(result, model, st, exc, request_id, n)
                 t_wait = perf_counter()
                 try:
-                    i, tries = await self._next_step(exc, pool, plan, i, tries, n)
+                    i, tries = await self._next_step(exc, result, provider, plan, i, tries, n,
+                                                     counted)
                 except ProviderError:
                     self._failed(result, preq, request_id, exc, kind, n, t0)
                     raise
@@ -709,8 +724,9 @@ class Router:
             except Exception as raw:
                 exc = self._as_provider_error(raw, model)
                 attempts.append((model.id, exc))
-                self._record_failure(result, model, st, exc, request_id, n)
+                counted = self._record_failure(result, model, st, exc, request_id, n)
                 if delivered:
+                    self._tell_strategy(result, model, counted)
                     err = StreamInterruptedError(
                         f"stream broke after {delivered} chunks were delivered: {exc.detail}",
                         provider_id=model.provider, model_id=model.id, status=exc.status,
@@ -720,7 +736,8 @@ class Router:
                     raise err from exc
                 upstream += perf_counter() - ts
                 try:
-                    i, tries = await self._next_step(exc, pool, plan, i, tries, n)
+                    i, tries = await self._next_step(exc, result, provider, plan, i, tries, n,
+                                                     counted)
                 except ProviderError:
                     self._failed(result, preq, request_id, exc, "stream", n, t0)
                     raise

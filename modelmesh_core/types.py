@@ -462,6 +462,8 @@ class Provider:
     timeouts: Timeouts = Factory(Timeouts)
     limits: Limits = Factory(Limits)
     enabled: bool = True
+    retry: Any = None
+    """The provider's ``retry:`` (a ``ProviderRetryConfig``) or None: same-model retries."""
 
     def __repr__(self) -> str:
         return f"Provider({self.name!r}, connector={self.connector!r})"

@@ -492,3 +492,10 @@ async def test_proxy_keys_are_checked_against_pools_and_each_other() -> None:
     assert_has(errors, "proxy.auth.keys.1.key", "same key as proxy.auth.keys.0.key")
     assert_has(errors, "proxy.auth.admin_keys.0", "admin: true")
     assert not any("mm-k-00001" in e for e in errors)
+
+
+async def test_env_secret_store_reads_the_mesh_env(make_mesh: Any) -> None:
+    cfg = mock_config()
+    cfg["proxy"] = {"auth": {"admin_keys": ["${secrets:ADMIN_TOKEN_X}"]}}
+    mesh = await make_mesh(cfg, plugins=[MockPlugin()], env={"ADMIN_TOKEN_X": "adm-0123456789"})
+    assert mesh.config.proxy.auth.admin_keys == ("adm-0123456789",)

@@ -613,3 +613,19 @@ async def test_403_for_one_model_leaves_the_provider_up(fake_upstream, make_mesh
     resp = await mesh.router.complete("chat", req())
     assert resp.provider == "b"
     assert not mesh.state.provider("a").available
+
+
+async def test_provider_retry_settings_override_the_pools(fake_upstream, make_mesh):
+    a, b = await fake_upstream(), await fake_upstream()
+    cfg = openai_config([("a", a), ("b", b)])
+    cfg["providers"]["a"]["retry"] = {"same_model_retries": 2, "backoff": "fixed",
+                                      "initial_delay": "10ms", "max_delay": "10ms"}
+    mesh = await make_mesh(cfg)
+    a.script(Fail(503), Fail(502))
+    resp = await mesh.router.complete("chat", req())
+    assert resp.provider == "a" and resp.metadata["attempts"] == 3  # retried twice on a
+    assert chat_calls(b) == 0
+    b.script(Fail(503))
+    mesh.rotate("chat")  # now b first: the pool's default (no same-model retry) applies
+    resp = await mesh.router.complete("chat", req())
+    assert resp.provider == "a" and chat_calls(b) == 1
