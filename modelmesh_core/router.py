@@ -53,6 +53,7 @@ from .types import (
     RateLimitInfo,
     RoutingDecision,
     RoutingOptions,
+    Timeouts,
 )
 
 if TYPE_CHECKING:
@@ -166,6 +167,33 @@ def _cost(model: Model, usage: Mapping[str, int]) -> float:
         max(prompt - cached, 0) * p.input + cached * cached_rate
         + usage.get("completion_tokens", 0) * p.output
     ) / 1_000_000 + p.per_request
+
+
+class _Walk:
+    """The fallback chain of one request and the routing objects it started with."""
+
+    __slots__ = ("plan", "pool", "providers", "rotation")
+
+    def __init__(self, plan: list[Model], pool: CapabilityPool,
+                 providers: Mapping[str, Provider], rotation: RotationManager) -> None:
+        self.plan = plan
+        self.pool = pool
+        self.providers = providers
+        self.rotation = rotation
+
+    def target(self, i: int) -> tuple[int, Model, Provider, Timeouts, Any] | None:
+        """The first candidate at or after ``i`` that may be called now (state is checked
+        again: another request may have deactivated it, be running its one recovery trial,
+        or its provider may have gone down), with its provider, timeouts and state."""
+        plan = self.plan
+        while i < len(plan):
+            model = plan[i]
+            st = self.rotation.begin(model)
+            if st is not None:
+                provider = self.providers[model.provider]
+                return i, model, provider, self.pool.timeouts or provider.timeouts, st
+            i += 1
+        return None
 
 
 class Router:
@@ -534,25 +562,17 @@ class Router:
         is_chat = kind == "complete"
         preq = self._pipeline_request(capability, request if is_chat else None, options, "sync")
         result = await self._execute(preq, request_id, kind, t0)
-        # Requests finish on the objects they started with, even across a hot reload.
-        providers, rotation = self._providers, self._rotation
-        pool = result.pool
-        policy = pool.retry
-        plan = [result.model, *result.fallback_chain]
+        walk = self._walk(result, request_id, stream=False)
+        pool, policy, plan = result.pool, result.pool.retry, walk.plan
         events = self._event_emitter
-        if events.enabled:
-            self._emit_routed(result, request_id, stream=False)
         attempts: list[tuple[str, BaseException]] = []
         upstream = 0.0
         i = tries = n = 0
-        while i < len(plan) and n < policy.max_attempts:
-            model = plan[i]
-            st = rotation.begin(model)
-            if st is None:
-                i += 1  # deactivated, on trial elsewhere, or its provider went down meanwhile
-                continue
-            provider = providers[model.provider]
-            timeouts = pool.timeouts or provider.timeouts
+        while n < policy.max_attempts:
+            target = walk.target(i)
+            if target is None:
+                break
+            i, model, provider, timeouts, st = target
             n += 1
             ts = perf_counter()
             response: Any
@@ -605,6 +625,13 @@ class Router:
         error = self._exhausted(result, attempts, request_id)
         self._failed(result, preq, request_id, error, kind, n, t0)
         raise error
+
+    def _walk(self, result: PipelineResult, request_id: str, *, stream: bool) -> _Walk:
+        if self._event_emitter.enabled:
+            self._emit_routed(result, request_id, stream=stream)
+        # Requests finish on the objects they started with, even across a hot reload.
+        return _Walk([result.model, *result.fallback_chain], result.pool, self._providers,
+                     self._rotation)
 
     def _emit_routed(self, result: PipelineResult, request_id: str, *, stream: bool) -> None:
         self._event_emitter.emit(
@@ -666,24 +693,17 @@ class Router:
             capability, request, options = call.name, call.request, call.options
         preq = self._pipeline_request(capability, request, options, "streaming")
         result = await self._execute(preq, request_id, "stream", t0)
-        providers, rotation = self._providers, self._rotation
-        pool = result.pool
-        policy = pool.retry
-        plan = [result.model, *result.fallback_chain]
+        walk = self._walk(result, request_id, stream=True)
+        pool, policy, plan = result.pool, result.pool.retry, walk.plan
         events = self._event_emitter
-        if events.enabled:
-            self._emit_routed(result, request_id, stream=True)
         attempts: list[tuple[str, BaseException]] = []
         upstream = 0.0
         i = tries = n = 0
-        while i < len(plan) and n < policy.max_attempts:
-            model = plan[i]
-            st = rotation.begin(model)
-            if st is None:
-                i += 1  # deactivated, on trial elsewhere, or its provider went down meanwhile
-                continue
-            provider = providers[model.provider]
-            timeouts = pool.timeouts or provider.timeouts
+        while n < policy.max_attempts:
+            target = walk.target(i)
+            if target is None:
+                break
+            i, model, provider, timeouts, st = target
             n += 1
             ts = perf_counter()
             chunks: Any = provider.adapter.stream(model, request, timeouts)
