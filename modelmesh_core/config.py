@@ -532,11 +532,6 @@ def structure_plugin_config(data: Any, tp: type | None, path: str) -> tuple[Any,
     return structure(data, tp, path)
 
 
-def unstructure(value: Any) -> Any:
-    """Plain data from a config value (secrets stay masked only in repr, not here)."""
-    return _CONVERTER.unstructure(value)
-
-
 # --------------------------------------------------------------------------- interpolation
 
 _INTERP = re.compile(r"\$\{(env|secrets):([^}]+)\}")

@@ -9,7 +9,7 @@ import time
 import pytest
 
 import modelmesh_core
-from modelmesh_core import ProviderError, RateLimitError
+from modelmesh_core import AllProvidersExhaustedError, ProviderError, RateLimitError
 from modelmesh_core.fakes import Fail, FakeUpstream, Reply
 from modelmesh_core.testing import mock_client, openai_config
 
@@ -136,11 +136,13 @@ def test_mock_client_latency_and_chaos():
     client = mock_client(latency=0.02, chaos_rate=1.0, providers=("only",))
     try:
         t0 = time.monotonic()
-        with pytest.raises(Exception) as info:
+        with pytest.raises(AllProvidersExhaustedError) as info:
             client.chat.completions.create(messages=HI)
         assert time.monotonic() - t0 >= 0.02
-        assert isinstance(info.value.__cause__ or info.value, ProviderError) or "chaos" in str(
-            info.value)
+        last = info.value.last_error
+        assert isinstance(last, ProviderError) and last.status == 503
+        assert "chaos: injected failure" in str(last)
+        assert len(client.mock.calls) == 1  # one attempt: the only model, then exhausted
     finally:
         client.close()
 

@@ -10,6 +10,7 @@ import pytest
 
 from modelmesh_core import (
     AllProvidersExhaustedError,
+    CapabilityNotFoundError,
     CompletionRequest,
     ContentFilterError,
     EmbeddingRequest,
@@ -380,7 +381,7 @@ async def test_preferred_provider_and_session_stickiness(fake_upstream, make_mes
 async def test_unknown_name_and_no_active_model(fake_upstream, make_mesh):
     a = await fake_upstream()
     mesh = await make_mesh(openai_config([("a", a)]))
-    with pytest.raises(Exception, match="did you mean chat"):
+    with pytest.raises(CapabilityNotFoundError, match="did you mean chat"):
         await mesh.router.complete("chta", req())
     mesh.deactivate("a.gpt-4o-mini")
     with pytest.raises(NoActiveModelError) as info:
