@@ -33,9 +33,11 @@ __all__ = [
     "Duration",
     "MeshConfig",
     "ModelConfig",
+    "OnBreak",
     "PoolConfig",
     "ProviderConfig",
     "RetryConfig",
+    "StreamingConfig",
     "TimeoutConfig",
     "load_config",
     "parse_duration",
@@ -131,6 +133,22 @@ class RetryConfig:
     scope: RetryScope = RetryScope.ANY
     honor_retry_after: bool = True
     max_retry_after: Duration = Duration(30.0)
+    max_same_model_wait: Duration = Duration(0.0)
+
+
+class OnBreak(enum.StrEnum):
+    """What a stream that breaks after output reached the caller does."""
+
+    CONTINUE = "continue"
+    ERROR = "error"
+
+
+@frozen(kw_only=True)
+class StreamingConfig:
+    """How a stream that breaks mid-answer is handled (SPEC §3.5, the streaming rule)."""
+
+    on_break: OnBreak = OnBreak.CONTINUE
+    max_continuations: int = 3
 
 
 @frozen(kw_only=True)
@@ -236,6 +254,7 @@ class PoolConfig:
     max_tokens: int | None = None
     cooldown: Duration = Duration(60.0)
     retry: RetryConfig | None = None
+    streaming: StreamingConfig | None = None
     timeout: TimeoutConfig | None = None
     budget: BudgetConfig | None = None
     description: str = ""
@@ -379,6 +398,7 @@ class MeshConfig:
     capabilities: CapabilitiesConfig = Factory(CapabilitiesConfig)
     timeout: TimeoutConfig = Factory(TimeoutConfig)
     retry: RetryConfig = Factory(RetryConfig)
+    streaming: StreamingConfig = Factory(StreamingConfig)
 
 
 # --------------------------------------------------------------------------- converter
@@ -439,7 +459,7 @@ def _make_converter() -> cattrs.Converter:
     c.register_structure_hook(bool, _strict(bool, "true or false"))
     c.register_structure_hook(Duration, lambda v, _: parse_duration(v))
     c.register_structure_hook(ByteSize, lambda v, _: parse_size(v))
-    for enum_type in (Backoff, RetryScope, OnBudgetExceeded, RequestLogLevel):
+    for enum_type in (Backoff, RetryScope, OnBudgetExceeded, RequestLogLevel, OnBreak):
         c.register_structure_hook(enum_type, _enum_hook)
     c.register_structure_hook_factory(_is_tuple, _make_tuple_hook(c))
     return c
@@ -760,6 +780,7 @@ _RANGES: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("RetryConfig", "retryable_codes"): _status_codes,
     ("RetryConfig", "non_retryable_codes"): _status_codes,
     ("RetryConfig", "rotate_codes"): _status_codes,
+    ("StreamingConfig", "max_continuations"): _at_least(0),
     **{("TimeoutConfig", f): _positive for f in ("connect", "first_byte", "idle", "total")},
     **{("BudgetConfig", f): _at_least(0) for f in ("per_request", "daily", "monthly")},
     ("BudgetConfig", "alert_threshold"): _fraction,

@@ -126,6 +126,8 @@ class ProviderError(ModelMeshError):
         headers: selected upstream response headers (rate-limit and retry-after only).
         rate_limit: those headers parsed (a ``RateLimitInfo``), when the adapter read them;
             the router stores it in the model's state so limits are seen before the next 429.
+        retry_after: seconds the upstream asked to wait (its ``Retry-After`` header, on a 429
+            or a 503), or None.
     """
 
     def __init__(
@@ -138,8 +140,10 @@ class ProviderError(ModelMeshError):
         retryable: bool = False,
         headers: dict[str, str] | None = None,
         rate_limit: Any = None,
+        retry_after: float | None = None,
     ) -> None:
         self.provider_id = provider_id
+        self.retry_after = retry_after
         self.rate_limit = rate_limit
         self.model_id = model_id
         self.status = status
@@ -170,8 +174,7 @@ class RateLimitError(ProviderError):
     ) -> None:
         kw.setdefault("retryable", True)
         kw.setdefault("status", 429)
-        super().__init__(message, **kw)
-        self.retry_after = retry_after
+        super().__init__(message, retry_after=retry_after, **kw)
         self.quota = quota
 
 
@@ -193,10 +196,16 @@ class ContentFilterError(ProviderError):
 
 
 class StreamInterruptedError(ProviderError):
-    """A stream broke after chunks had already been delivered to the caller.
+    """A stream broke: the connection was cut, it stalled, or it ended without its terminal
+    event.
 
-    It is never reported as a success: the caller sees this error after the partial output.
+    Raised by adapters for the break itself (retryable: the router continues the stream on
+    another candidate when its policy allows), and by the router when a stream that already
+    delivered output to the caller cannot be continued (``retryable=False``; ``delivered`` is
+    the text the caller received). It is never reported as a success.
     """
+
+    delivered: str = ""
 
 
 class BudgetExceededError(ModelMeshError):

@@ -31,11 +31,13 @@ class EventType:
     PROVIDER_UP = "provider.up"
     BUDGET_ALERT = "budget.alert"
     REQUEST_LOG = "request.log"
+    REQUEST_CANCELLED = "request.cancelled"
+    STREAM_CONTINUED = "stream.continued"
 
     ALL: tuple[str, ...] = (
         REQUEST_ROUTED, REQUEST_SUCCEEDED, REQUEST_FAILED, ATTEMPT_FAILED, MODEL_DEACTIVATED,
         MODEL_RECOVERED, POOL_ROTATED, POOL_EXHAUSTED, PROVIDER_DOWN, PROVIDER_UP, BUDGET_ALERT,
-        REQUEST_LOG,
+        REQUEST_LOG, REQUEST_CANCELLED, STREAM_CONTINUED,
     )
 
 

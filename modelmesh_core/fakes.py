@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import enum
 import functools
 import hashlib
 import itertools
@@ -53,7 +54,7 @@ from typing import Any, TypeAlias
 
 import orjson
 from aiohttp import web
-from attrs import define, field, frozen
+from attrs import define, evolve, field, frozen
 
 __all__ = [
     "DEFAULT_FAKE_MODELS",
@@ -65,11 +66,14 @@ __all__ = [
     "MalformedChunk",
     "MalformedJSON",
     "ManualClock",
+    "NoDone",
+    "Prefill",
     "RateLimited",
     "RecordedCall",
     "Reply",
     "Silent",
     "StallStream",
+    "StreamError",
     "WrongContentType",
     "format_reset",
     "tool_call",
@@ -242,21 +246,49 @@ class Silent:
 class CutStream:
     """Send ``after_chunks`` stream events, then drop the connection (no ``[DONE]``).
 
-    For a non-streaming request: send part of the JSON body, then drop the connection.
+    ``after_words=N`` instead sends the role chunk and the first N words. For a non-streaming
+    request: send part of the JSON body, then drop the connection.
     """
 
     after_chunks: int = 2
+    after_words: int | None = None
 
 
 @frozen
 class StallStream:
     """Send ``after_chunks`` stream events, then send nothing more until the server stops.
 
-    ``after_chunks=0`` sends the response headers only. For a non-streaming request: headers
-    and part of the body, then nothing.
+    ``after_chunks=0`` sends the response headers only; ``after_words=N`` sends the role chunk
+    and the first N words. For a non-streaming request: headers and part of the body, then
+    nothing.
     """
 
     after_chunks: int = 1
+    after_words: int | None = None
+
+
+@frozen
+class StreamError:
+    """Send the role chunk and ``after_words`` words, then an in-band error event
+    (``data: {"error": {...}}``, as OpenAI sends when a stream fails on its side), then end
+    the body without ``[DONE]``."""
+
+    after_words: int = 2
+    message: str = "The server had an error while processing your request. Sorry about that!"
+    type: str = "server_error"
+    code: str | None = None
+
+
+@frozen
+class NoDone:
+    """Stream the answer, then end the body cleanly without ``data: [DONE]``.
+
+    With ``finish_reason=True`` every event is sent (the chunk carrying ``finish_reason`` and
+    the usage chunk included): a complete answer missing only its terminator. With
+    ``finish_reason=False`` only the role chunk and the words are sent: a truncated answer.
+    """
+
+    finish_reason: bool = True
 
 
 @frozen
@@ -268,10 +300,12 @@ class MalformedJSON:
 class MalformedChunk:
     """Send ``after_chunks`` good stream events, then ``data: {not json`` (then ``[DONE]``).
 
+    ``after_words=N`` instead sends the role chunk and the first N words before the bad event.
     For a non-streaming request this behaves like :class:`MalformedJSON`.
     """
 
     after_chunks: int = 1
+    after_words: int | None = None
 
 
 @frozen
@@ -318,8 +352,58 @@ Behaviour: TypeAlias = (
     | WrongContentType
     | Flaky
     | RateLimited
+    | StreamError
+    | NoDone
 )
 """Any scriptable behaviour record."""
+
+
+class Prefill(enum.StrEnum):
+    """What the fake does with a chat request whose last message is the assistant's (a
+    *prefill*, as a router sends to continue a broken stream).
+
+    ``IGNORE`` answers the canned reply in full, as OpenAI's own API does; ``CONTINUE``
+    continues the prefill when it is a (whitespace-normalised) prefix of the canned reply —
+    only the rest is generated, as llama.cpp or vLLM with ``continue_final_message`` and
+    Anthropic do — and otherwise answers in full; ``REJECT`` answers 400, as a model that does
+    not support prefill does.
+    """
+
+    IGNORE = "ignore"
+    CONTINUE = "continue"
+    REJECT = "reject"
+
+
+_PREFILL_REJECTED = (
+    "This model does not support assistant message prefill. The conversation must end with a "
+    "user message."
+)
+
+
+def _continuation(content: str, prefix: str) -> str | None:
+    """The part of ``content`` after ``prefix`` (both whitespace-normalised), or None when
+    ``prefix`` does not begin ``content``."""
+    target = " ".join(prefix.split())
+    i, j, n = 0, 0, len(content)
+    while i < n and content[i].isspace():
+        i += 1
+    while j < len(target):
+        if i >= n:
+            return None
+        if target[j] == " ":
+            if not content[i].isspace():
+                return None
+            while i < n and content[i].isspace():
+                i += 1
+        elif content[i] != target[j]:
+            return None
+        else:
+            i += 1
+        j += 1
+    if prefix[-1:].isspace():
+        while i < n and content[i].isspace():
+            i += 1
+    return content[i:]
 
 
 @frozen(kw_only=True)
@@ -448,6 +532,8 @@ class FakeUpstream:
         default: the behaviour when the script queue is empty (default ``Reply()``).
         clock: monotonic seconds for the rate-limit windows (see :class:`ManualClock`).
         host / port: where to listen; port 0 picks a free port.
+        prefill: what a chat request ending with an assistant message gets (:class:`Prefill`;
+            assign :attr:`prefill` to change it).
 
     Attributes:
         calls: every request received, in order (:class:`RecordedCall`).
@@ -466,6 +552,7 @@ class FakeUpstream:
         clock: Callable[[], float] = time.monotonic,
         host: str = "127.0.0.1",
         port: int = 0,
+        prefill: Prefill = Prefill.IGNORE,
     ) -> None:
         self.api_keys: frozenset[str] | None = None if api_keys is None else frozenset(api_keys)
         self.models = tuple(models)
@@ -475,6 +562,7 @@ class FakeUpstream:
         self._initial_default: Behaviour = default if default is not None else Reply()
         self.default: Behaviour = self._initial_default
         self.clock = clock
+        self.prefill = Prefill(prefill)
         self.calls: list[RecordedCall] = []
         self._host = host
         self._port = port
@@ -910,11 +998,26 @@ class FakeUpstream:
                 return await self._partial_body(request, behaviour, headers)
             if isinstance(behaviour, MalformedChunk):
                 return (await self._common(request, MalformedJSON(), headers)) or web.Response()
+            if isinstance(behaviour, StreamError):
+                return self._error(Fail(500, message=behaviour.message, type=behaviour.type,
+                                        code=behaviour.code), headers)
+        # A stream fault (cut, stall, …) breaks the canned answer: the default Reply's text.
         reply = (
             behaviour
             if isinstance(behaviour, Reply)
+            else self.default
+            if isinstance(self.default, Reply)
             else Reply(content="This stream will not finish as it should, sorry.")
         )
+        messages = body.get("messages")
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        if (isinstance(last, Mapping) and last.get("role") == "assistant"
+                and isinstance(last.get("content"), str) and self.prefill is not Prefill.IGNORE):
+            if self.prefill is Prefill.REJECT:
+                return self._error(Fail(400, message=_PREFILL_REJECTED), headers)
+            rest = _continuation(reply.content, last["content"])
+            if rest is not None:
+                reply = evolve(reply, content=rest)
         await self._pause(reply.delay)
         completion = _Completion(self, body, reply, next(self._ids))
         if not stream:
@@ -936,8 +1039,13 @@ class FakeUpstream:
     ) -> web.StreamResponse:
         options = body.get("stream_options")
         include_usage = isinstance(options, Mapping) and bool(options.get("include_usage"))
-        events = completion.chunks(include_usage)
+        events: Iterator[dict[str, Any]] = completion.chunks(include_usage)
         limit = getattr(behaviour, "after_chunks", None)
+        words = getattr(behaviour, "after_words", None)
+        if words is not None:
+            limit = 1 + words
+        elif isinstance(behaviour, NoDone) and not behaviour.finish_reason:
+            limit = 1 + len(_WORD.findall(reply.content))
         resp = web.StreamResponse(headers={**headers, "Cache-Control": "no-cache"})
         resp.content_type = "text/event-stream"
         resp.charset = "utf-8"
@@ -955,6 +1063,15 @@ class FakeUpstream:
             if isinstance(behaviour, StallStream):
                 await self._hang()
                 _drop(request)
+                return resp
+            if isinstance(behaviour, StreamError):
+                error = {"error": {"message": behaviour.message, "type": behaviour.type,
+                                   "param": None, "code": behaviour.code}}
+                await resp.write(b"data: " + _dumps(error) + b"\n\n")
+                await resp.write_eof()
+                return resp
+            if isinstance(behaviour, NoDone):
+                await resp.write_eof()
                 return resp
             if isinstance(behaviour, MalformedChunk):
                 await resp.write(b"data: {not json\n\n")

@@ -977,7 +977,7 @@ class _Builder:
             pools[name] = CapabilityPool(
                 name=name, capability=cap, models=members, strategy=None,  # type: ignore[arg-type]
                 strategy_name=spec.name if spec else pc.strategy.connector, config=pc,
-                retry=pc.retry or cfg.retry,
+                retry=pc.retry or cfg.retry, streaming=pc.streaming or cfg.streaming,
                 timeouts=_timeouts(pc.timeout) if pc.timeout is not None else None,
                 priority=pc.priority, mode=mode,
             )
@@ -1007,7 +1007,8 @@ class _Builder:
             pools[name] = CapabilityPool(
                 name=name, capability=cap, models=members, strategy=None,  # type: ignore[arg-type]
                 strategy_name="modelmesh.stick-until-failure.v1",
-                config=PoolConfig(capability=cap), retry=self.config.retry, mode="implicit",
+                config=PoolConfig(capability=cap), retry=self.config.retry,
+                streaming=self.config.streaming, mode="implicit",
             )
 
     def _direct_pools(self, models: dict[str, Model]) -> dict[str, CapabilityPool]:
@@ -1017,7 +1018,8 @@ class _Builder:
             mid: CapabilityPool(
                 name=mid, capability=None, models=[m], strategy=None,  # type: ignore[arg-type]
                 strategy_name="modelmesh.stick-until-failure.v1",
-                config=PoolConfig(models=(mid,)), retry=retry, mode="direct",
+                config=PoolConfig(models=(mid,)), retry=retry,
+                streaming=self.config.streaming, mode="direct",
             )
             for mid, m in models.items()
         }

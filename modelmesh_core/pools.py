@@ -12,7 +12,7 @@ from .types import Model, PipelineContext, Provider, Timeouts
 
 if TYPE_CHECKING:
     from .capabilities import CapabilityTree
-    from .config import PoolConfig, RetryConfig
+    from .config import PoolConfig, RetryConfig, StreamingConfig
     from .events import EventEmitter
     from .state import Clock, StateStore
 
@@ -80,6 +80,7 @@ class CapabilityPool:
     strategy_name: str
     config: PoolConfig
     retry: RetryConfig
+    streaming: StreamingConfig | None = None
     timeouts: Timeouts | None = None
     priority: int = 0
     mode: str = "capability"

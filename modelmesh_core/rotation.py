@@ -50,18 +50,46 @@ class RotationManager:
         """
         st = self._state.model(model.id)
         now = self._clock()
+        trial = False
         if st.status != ACTIVE:
             if st.trial_in_flight or st.cooldown_until <= 0 or now < st.cooldown_until:
                 return None
-            st.trial_in_flight = True
+            trial = True
         elif now < st.retry_after_until:
             return None
         ps = self._state.provider(model.provider)
-        if not ps.available and not (0 < ps.cooldown_until <= now):
-            if st.trial_in_flight:
-                st.trial_in_flight = False
-            return None
+        if not ps.available:
+            # A downed provider is half-open too: after its cooldown exactly one request, to
+            # any of its models, goes through; the others skip the provider until it answers.
+            if ps.trial_in_flight or not (0 < ps.cooldown_until <= now):
+                return None
+            ps.trial_in_flight = True
+            st.provider_trial = True
+        if trial:
+            st.trial_in_flight = True
         return st
+
+    def release(self, model: Model, st: ModelState) -> None:
+        """An attempt ended without an outcome (the caller went away): give back the model's
+        and the provider's recovery trial, if it held them, and judge nothing."""
+        st.trial_in_flight = False
+        if st.provider_trial:
+            st.provider_trial = False
+            self._state.provider(model.provider).trial_in_flight = False
+
+    def charge(self, model: Model, st: ModelState, *, prompt_tokens: int,
+               completion_tokens: int, cost: float) -> None:
+        """Count usage an attempt incurred without judging the model (a stream the caller
+        abandoned, or the delivered part of a broken stream)."""
+        now = self._clock()
+        tokens = prompt_tokens + completion_tokens
+        st.prompt_tokens += prompt_tokens
+        st.completion_tokens += completion_tokens
+        st.cost += cost
+        st.count(now, 0, tokens, cost)
+        ps = self._state.provider(model.provider)
+        ps.cost += cost
+        ps.count(now, 0, tokens, cost)
 
     def success(
         self,
@@ -95,6 +123,9 @@ class RotationManager:
         ps.requests += 1
         ps.cost += cost
         ps.count(now, 1, tokens, cost)
+        if st.provider_trial:
+            st.provider_trial = False
+            ps.trial_in_flight = False
         if not ps.available:
             ps.available, ps.auth_valid = True, True
             ps.deactivation_reason, ps.cooldown_until = None, 0.0
@@ -127,6 +158,10 @@ class RotationManager:
         )
         was_trial = st.trial_in_flight
         st.trial_in_flight = False
+        provider_trial = st.provider_trial
+        if provider_trial:
+            st.provider_trial = False
+            self._state.provider(model.provider).trial_in_flight = False
         st.last_failure = now
         info = getattr(error, "rate_limit", None)
         if info is not None:
@@ -135,6 +170,11 @@ class RotationManager:
         if not counts:
             # The request itself was bad (400, 422, …): not the model's fault.
             return False
+        if provider_trial and not isinstance(error, AuthenticationError):
+            # The provider's one recovery trial failed: down again for as long as before.
+            ps = self._state.provider(model.provider)
+            self.provider_down(model.provider, ps.deactivation_reason or "provider_down",
+                               now + (ps.down_for or pool.config.cooldown))
         st.requests += 1
         st.failures += 1
         st.consecutive_failures += 1
@@ -244,6 +284,7 @@ class RotationManager:
         if not ps.available:
             ps.available, ps.auth_valid = True, True
             ps.deactivation_reason, ps.cooldown_until = None, 0.0
+            ps.trial_in_flight = False
         if st.status != ACTIVE:
             self._recover(model, st, None)
 
@@ -254,6 +295,9 @@ class RotationManager:
         ps.available = False
         ps.deactivation_reason = reason
         ps.cooldown_until = until
+        ps.trial_in_flight = False
+        if until > 0:
+            ps.down_for = max(until - self._clock(), 0.0)
         if was and self._events.enabled:
             self._events.emit(EventType.PROVIDER_DOWN, provider=provider, reason=reason,
                               cooldown_until=until or None)

@@ -22,38 +22,26 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from attrs import define
 
+from .attempts import AttemptLoop, as_provider_error
 from .budget import BudgetTracker
-from .config import Backoff, RetryConfig
-from .errors import (
-    AllProvidersExhaustedError,
-    AuthenticationError,
-    CapabilityNotFoundError,
-    ContentFilterError,
-    ContextLengthError,
-    NoActiveModelError,
-    ProviderError,
-    ProviderTimeoutError,
-    RateLimitError,
-    StreamInterruptedError,
-)
+from .errors import CapabilityNotFoundError, NoActiveModelError, ProviderError
 from .events import EventEmitter, EventType
 from .observability import RequestLogger, Tracer
 from .pipeline import RoutingPipeline
+from .retry import Outcome
 from .rotation import RotationManager
+from .streaming import Splice, SpliceMismatch
 from .types import (
     BatchJob,
     CompletionRequest,
     CompletionResponse,
     EmbeddingRequest,
     EmbeddingResponse,
-    Model,
     PipelineRequest,
     PipelineResult,
     Provider,
-    RateLimitInfo,
     RoutingDecision,
     RoutingOptions,
-    Timeouts,
 )
 
 if TYPE_CHECKING:
@@ -64,7 +52,6 @@ __all__ = ["MiddlewareCall", "Router", "estimate_request"]
 
 T = TypeVar("T")
 
-_RAISE, _ROTATE, _RETRY = 0, 1, 2
 _ID_PREFIX = "mm-" + os.urandom(4).hex() + "-"
 _EMPTY_FEATURES: frozenset[str] = frozenset()
 _TRACER = Tracer()
@@ -122,78 +109,6 @@ def estimate_request(request: CompletionRequest) -> tuple[int, frozenset[str]]:
                 need.add("json_mode")
         features = frozenset(need)
     return tokens, features
-
-
-def _classify(exc: ProviderError, policy: RetryConfig) -> int:
-    status = exc.status
-    if isinstance(exc, ContentFilterError):
-        return _RAISE
-    if isinstance(exc, RateLimitError | ProviderTimeoutError | AuthenticationError):
-        return _ROTATE
-    if isinstance(exc, ContextLengthError):
-        return _ROTATE
-    if status is not None:
-        if status in policy.rotate_codes:
-            return _ROTATE
-        if status in policy.retryable_codes:
-            return _RETRY
-        if status in policy.non_retryable_codes:
-            return _RAISE
-    return _RETRY if exc.retryable else _RAISE
-
-
-def _backoff(policy: Any, n: int, exc: ProviderError, rng: random.Random) -> float:
-    """Seconds to wait before the ``n``-th same-model retry (``RetryConfig`` or
-    ``ProviderRetryConfig``)."""
-    if policy.backoff is Backoff.FIXED:
-        return float(policy.initial_delay)
-    if policy.backoff is Backoff.RETRY_AFTER:
-        wait = getattr(exc, "retry_after", None)
-        if wait is not None:
-            return float(min(wait, policy.max_delay))
-        return float(policy.initial_delay)
-    cap = min(float(policy.max_delay), float(policy.initial_delay) * (2**n))
-    return rng.uniform(0, cap)
-
-
-def _cost(model: Model, usage: Mapping[str, int]) -> float:
-    p = model.pricing
-    if not (p.input or p.output or p.per_request):
-        return 0.0
-    prompt = usage.get("prompt_tokens", 0)
-    cached = usage.get("cached_tokens", 0)
-    cached_rate = p.input if p.cached_input is None else p.cached_input
-    return (
-        max(prompt - cached, 0) * p.input + cached * cached_rate
-        + usage.get("completion_tokens", 0) * p.output
-    ) / 1_000_000 + p.per_request
-
-
-class _Walk:
-    """The fallback chain of one request and the routing objects it started with."""
-
-    __slots__ = ("plan", "pool", "providers", "rotation")
-
-    def __init__(self, plan: list[Model], pool: CapabilityPool,
-                 providers: Mapping[str, Provider], rotation: RotationManager) -> None:
-        self.plan = plan
-        self.pool = pool
-        self.providers = providers
-        self.rotation = rotation
-
-    def target(self, i: int) -> tuple[int, Model, Provider, Timeouts, Any] | None:
-        """The first candidate at or after ``i`` that may be called now (state is checked
-        again: another request may have deactivated it, be running its one recovery trial,
-        or its provider may have gone down), with its provider, timeouts and state."""
-        plan = self.plan
-        while i < len(plan):
-            model = plan[i]
-            st = self.rotation.begin(model)
-            if st is not None:
-                provider = self.providers[model.provider]
-                return i, model, provider, self.pool.timeouts or provider.timeouts, st
-            i += 1
-        return None
 
 
 class Router:
@@ -387,123 +302,15 @@ class Router:
             "stages": result.stages_executed,
         }
 
-    # -- execution helpers
+    # -- execution
 
-    def _record_success(
-        self, result: PipelineResult, model: Model, st: Any, latency_ms: float,
-        usage: Mapping[str, int], rate_limit: RateLimitInfo | None,
-    ) -> float:
-        cost = _cost(model, usage) if usage else model.pricing.per_request
-        pool = result.pool
-        self._rotation.success(
-            pool, model, st, latency_ms=latency_ms,
-            prompt_tokens=usage.get("prompt_tokens", 0) if usage else 0,
-            completion_tokens=usage.get("completion_tokens", 0) if usage else 0,
-            cost=cost, rate_limit=rate_limit,
-        )
-        if self._budgets.active:
-            self._budgets.record(model, pool.name, cost)
-        record = getattr(pool.strategy, "record", None)
-        if record is not None:
-            record(model, True, result.context)
-        return cost
-
-    def _record_failure(
-        self, result: PipelineResult, model: Model, st: Any, exc: ProviderError,
-        request_id: str, attempt: int,
-    ) -> bool:
-        """Record a failed attempt in state and events; True when it counts against the
-        model (the strategy hears of it only when the request moves on, see ``_next_step``)."""
-        pool = result.pool
-        counted = self._rotation.failure(pool, model, st, exc)
-        if self._event_emitter.enabled:
-            self._event_emitter.emit(
-                EventType.ATTEMPT_FAILED, pool=pool.name, model=model.id,
-                provider=model.provider, request_id=request_id, attempt=attempt,
-                error=type(exc).__name__, status=exc.status, message=str(exc)[:300],
-            )
-        self._observability.debug(f"attempt {attempt} on {model.id} failed: {exc}",
-                                  request_id=request_id, pool=pool.name, model=model.id,
-                                  attempt=attempt)
-        return counted
-
-    @staticmethod
-    def _as_provider_error(exc: Exception, model: Model) -> ProviderError:
-        if isinstance(exc, ProviderError):
-            return exc
-        if isinstance(exc, asyncio.TimeoutError):
-            return ProviderTimeoutError("timed out", provider_id=model.provider, model_id=model.id)
-        _TRACER.warning(f"provider adapter for {model.id} raised unexpectedly", exc=exc,
-                        model=model.id)
-        return ProviderError(f"adapter raised {type(exc).__name__}: {exc}",
-                             provider_id=model.provider, model_id=model.id, retryable=True)
-
-    def _exhausted(
-        self, result: PipelineResult, attempts: list[tuple[str, BaseException]], request_id: str,
-    ) -> AllProvidersExhaustedError | NoActiveModelError:
-        if not attempts:
-            # Every candidate became unusable between routing and its turn (another request
-            # deactivated it or took its recovery trial).
-            reasons = {m.id: "became unavailable during this request"
-                       for m in [result.model, *result.fallback_chain]}
-            err = NoActiveModelError(f"no model can serve pool {result.pool.name!r}", reasons)
-            err.retry_after, err.rate_limited = self._rotation.earliest_return(reasons)
-            return err
-        if self._event_emitter.enabled:
-            self._event_emitter.emit(EventType.POOL_EXHAUSTED, pool=result.pool.name,
-                                     request_id=request_id, attempts=len(attempts))
-        last = attempts[-1][1] if attempts else None
-        tried = ", ".join(m for m, _ in attempts)
-        return AllProvidersExhaustedError(
-            f"all candidates of pool {result.pool.name!r} failed ({len(attempts)} attempts: "
-            f"{tried})",
-            attempts=attempts, last_error=last,
-        )
-
-    async def _next_step(
-        self, exc: ProviderError, result: PipelineResult, provider: Provider,
-        plan: list[Model], i: int, same_model_tries: int, n_attempts: int, counted: bool,
-    ) -> tuple[int, int]:
-        """Decide what follows a failed attempt: ``(next index, same-model tries)``.
-
-        Raises ``exc`` when the error is the caller's (non-retryable). The pool's strategy is
-        told of the failure when the request gives up on the model (not on a same-model
-        retry that may still succeed).
-        """
-        pool = result.pool
-        policy = pool.retry
-        action = _ROTATE if exc.status in pool.config.deactivate_on else _classify(exc, policy)
-        if action == _RAISE:
-            raise exc
-        if n_attempts >= policy.max_attempts:
-            self._tell_strategy(result, plan[i], counted)
-            return len(plan), 0
-        same = provider.retry or policy  # a provider's own retry settings win here
-        if action == _RETRY and same_model_tries < same.same_model_retries:
-            await asyncio.sleep(_backoff(same, same_model_tries, exc, self._rng))
-            self._rotation.waited(plan[i])
-            return i, same_model_tries + 1
-        last = i + 1 >= len(plan)
-        if (
-            last
-            and isinstance(exc, RateLimitError)
-            and not exc.quota
-            and policy.honor_retry_after
-            and exc.retry_after is not None
-            and exc.retry_after <= policy.max_retry_after
-        ):
-            # Nothing else to rotate to: wait as the upstream asked, then try it once more.
-            await asyncio.sleep(exc.retry_after)
-            self._rotation.waited(plan[i])
-            return i, same_model_tries + 1
-        self._tell_strategy(result, plan[i], counted)
-        return i + 1, 0
-
-    @staticmethod
-    def _tell_strategy(result: PipelineResult, model: Model, counted: bool) -> None:
-        record = getattr(result.pool.strategy, "record", None)
-        if record is not None and counted:
-            record(model, False, result.context)
+    def _loop(self, result: PipelineResult, preq: PipelineRequest, request_id: str, kind: str,
+              t0: float) -> AttemptLoop:
+        # Requests finish on the objects they started with, even across a hot reload.
+        return AttemptLoop(result=result, preq=preq, request_id=request_id, kind=kind, t0=t0,
+                           providers=self._providers, rotation=self._rotation,
+                           budgets=self._budgets, events=self._event_emitter,
+                           logger=self._request_logger, rng=self._rng)
 
     # -- complete / embed
 
@@ -559,116 +366,42 @@ class Router:
         self, capability: str, request: Any, options: RoutingOptions | None, kind: str,
         request_id: str, t0: float,
     ) -> Any:
+        """One unary operation (``complete`` or ``embed``) through the attempt loop."""
         is_chat = kind == "complete"
         preq = self._pipeline_request(capability, request if is_chat else None, options, "sync")
         result = await self._execute(preq, request_id, kind, t0)
-        walk = self._walk(result, request_id, stream=False)
-        pool, policy, plan = result.pool, result.pool.retry, walk.plan
-        events = self._event_emitter
-        attempts: list[tuple[str, BaseException]] = []
-        upstream = 0.0
-        i = tries = n = 0
-        while n < policy.max_attempts:
-            target = walk.target(i)
-            if target is None:
-                break
-            i, model, provider, timeouts, st = target
-            n += 1
-            ts = perf_counter()
+        loop = self._loop(result, preq, request_id, kind, t0)
+        while loop.next():
+            adapter = loop.provider.adapter
             response: Any
             try:
                 if is_chat:
-                    response = await provider.adapter.complete(model, request, timeouts)
+                    response = await adapter.complete(loop.model, request, loop.timeouts)
                 else:
-                    response = await provider.adapter.embed(model, request, timeouts)
+                    response = await adapter.embed(loop.model, request, loop.timeouts)
             except asyncio.CancelledError:
-                st.trial_in_flight = False
+                loop.release()
                 raise
-            except Exception as raw:
-                upstream += perf_counter() - ts
-                exc = self._as_provider_error(raw, model)
-                attempts.append((model.id, exc))
-                counted = self._record_failure(result, model, st, exc, request_id, n)
-                t_wait = perf_counter()
-                try:
-                    i, tries = await self._next_step(exc, result, provider, plan, i, tries, n,
-                                                     counted)
-                except ProviderError:
-                    self._failed(result, preq, request_id, exc, kind, n, t0)
-                    raise
-                upstream += perf_counter() - t_wait
+            except Exception as exc:
+                await loop.failed(exc)
                 continue
-            elapsed = perf_counter() - ts
-            upstream += elapsed
+            elapsed = perf_counter() - loop.started
+            loop.upstream += elapsed
             metadata = response.metadata if is_chat else None
-            rate_limit = metadata.get("rate_limit") if metadata else None
-            cost = self._record_success(result, model, st, elapsed * 1000.0, response.usage,
-                                        rate_limit)
+            cost = loop.succeeded(response.usage,
+                                  metadata.get("rate_limit") if metadata else None, elapsed)
+            overhead = (perf_counter() - t0 - loop.upstream) * 1000.0
             if metadata is not None:
-                metadata["attempts"] = n
-                metadata["pool"] = pool.name
+                metadata["attempts"] = loop.attempts
+                metadata["pool"] = result.pool.name
                 metadata["cost"] = cost
                 metadata["request_id"] = request_id
-                metadata["overhead_ms"] = (perf_counter() - t0 - upstream) * 1000.0
-            if events.enabled:
-                self._emit_success(pool, model, request_id, n, elapsed, cost, response.usage,
-                                   attempts, stream=False)
-                if self._request_logger.active:
-                    self._request_logger.log(
-                        request_id=request_id, name=capability, kind=kind, pool=pool.name,
-                        model=model.id, provider=model.provider, attempts=n,
-                        latency_ms=(perf_counter() - t0) * 1000.0,
-                        overhead_ms=metadata.get("overhead_ms") if metadata else None,
-                        usage=response.usage, cost=cost, error=None, request=preq.request,
-                        content=response.content if is_chat else None)
+                metadata["overhead_ms"] = overhead
+            if self._event_emitter.enabled:
+                loop.report_success(elapsed, cost, response.usage, overhead,
+                                    response.content if is_chat else None)
             return response
-        error = self._exhausted(result, attempts, request_id)
-        self._failed(result, preq, request_id, error, kind, n, t0)
-        raise error
-
-    def _walk(self, result: PipelineResult, request_id: str, *, stream: bool) -> _Walk:
-        if self._event_emitter.enabled:
-            self._emit_routed(result, request_id, stream=stream)
-        # Requests finish on the objects they started with, even across a hot reload.
-        return _Walk([result.model, *result.fallback_chain], result.pool, self._providers,
-                     self._rotation)
-
-    def _emit_routed(self, result: PipelineResult, request_id: str, *, stream: bool) -> None:
-        self._event_emitter.emit(
-            EventType.REQUEST_ROUTED, pool=result.pool.name, model=result.model.id,
-            provider=result.provider.name, request_id=request_id, stream=stream,
-            fallback_chain=[m.id for m in result.fallback_chain])
-
-    def _emit_success(
-        self, pool: CapabilityPool, model: Model, request_id: str, attempts_made: int,
-        elapsed: float, cost: float, usage: Mapping[str, int],
-        failed: list[tuple[str, BaseException]], *, stream: bool,
-    ) -> None:
-        events = self._event_emitter
-        events.emit(EventType.REQUEST_SUCCEEDED, pool=pool.name, model=model.id,
-                    provider=model.provider, request_id=request_id, attempts=attempts_made,
-                    latency_ms=elapsed * 1000.0, cost=cost, usage=dict(usage), stream=stream)
-        if failed:
-            events.emit(EventType.POOL_ROTATED, pool=pool.name, model=model.id,
-                        provider=model.provider, request_id=request_id,
-                        previous=[m for m, _ in failed])
-
-    def _failed(
-        self, result: PipelineResult, preq: PipelineRequest, request_id: str,
-        exc: BaseException, kind: str, attempts_made: int, t0: float,
-    ) -> None:
-        self._observability.info(f"request failed on pool {result.pool.name!r}: {exc}",
-                                 request_id=request_id, pool=result.pool.name)
-        if self._event_emitter.enabled:
-            self._event_emitter.emit(EventType.REQUEST_FAILED, pool=result.pool.name,
-                                     request_id=request_id, error=type(exc).__name__,
-                                     message=str(exc)[:500])
-            if self._request_logger.active:
-                self._request_logger.log(
-                    request_id=request_id, name=preq.capability, kind=kind,
-                    pool=result.pool.name, model=None, provider=None, attempts=attempts_made,
-                    latency_ms=(perf_counter() - t0) * 1000.0, overhead_ms=None, usage=None,
-                    cost=0.0, error=exc, request=preq.request)
+        raise loop.exhausted()
 
     # -- streaming
 
@@ -677,11 +410,20 @@ class Router:
     ) -> AsyncIterator[CompletionResponse]:
         """Route and run a streaming chat completion; yield delta chunks as they arrive.
 
-        Failover is invisible until the first chunk has been yielded. After that, a broken
-        stream raises :class:`StreamInterruptedError` (never a silent, truncated success).
+        Failover is invisible until the first chunk with content (leading role-only and empty
+        chunks are held back). A stream that breaks after output reached the caller is
+        continued on the next usable candidate (``streaming.on_break: continue``, the
+        default): a model with the ``assistant_prefill`` feature continues the delivered
+        text; any other model restarts, and only what follows the delivered text is passed
+        on, when its answer begins with it. Otherwise :class:`StreamInterruptedError` is
+        raised — never a silent, truncated success.
+
         The first chunk's ``metadata`` carries ``attempts``, ``pool``, ``request_id`` and
-        ``overhead_ms`` (router time before the first chunk, upstream time excluded).
-        Closing the generator early cancels the upstream request.
+        ``overhead_ms`` (router time before the first chunk, upstream time excluded); once
+        the stream is exhausted, the last chunk's ``metadata`` carries ``cost`` (every
+        upstream call of the stream), ``attempts``, and for a continued stream
+        ``continuations`` and ``segments`` (which model served which part). Closing the
+        generator early cancels the upstream request and bills what was used.
         """
         t0 = perf_counter()
         request_id = self._caller_id(options) or self._request_id()
@@ -693,96 +435,108 @@ class Router:
             capability, request, options = call.name, call.request, call.options
         preq = self._pipeline_request(capability, request, options, "streaming")
         result = await self._execute(preq, request_id, "stream", t0)
-        walk = self._walk(result, request_id, stream=True)
-        pool, policy, plan = result.pool, result.pool.retry, walk.plan
-        events = self._event_emitter
-        attempts: list[tuple[str, BaseException]] = []
-        upstream = 0.0
-        i = tries = n = 0
-        while n < policy.max_attempts:
-            target = walk.target(i)
-            if target is None:
-                break
-            i, model, provider, timeouts, st = target
-            n += 1
-            ts = perf_counter()
-            chunks: Any = provider.adapter.stream(model, request, timeouts)
-            delivered = 0
-            usage: dict[str, int] | None = None
-            rate_limit = None
+        loop = self._loop(result, preq, request_id, "stream", t0)
+        splice = Splice(request, preq.estimated_tokens)
+        first_overhead: float | None = None
+        last: CompletionResponse | None = None
+        total_cost = 0.0
+        while loop.next():
+            model = loop.model
+            sent = splice.begin(model)
+            chunks: Any = loop.provider.adapter.stream(model, sent, loop.timeouts)
             try:
-                try:
-                    first = await chunks.__anext__()
-                except StopAsyncIteration:
-                    raise StreamInterruptedError(
-                        "stream ended before any chunk", provider_id=model.provider,
-                        model_id=model.id, retryable=True) from None
-                upstream += perf_counter() - ts
-                md = first.metadata
-                md["attempts"] = n
-                md["pool"] = pool.name
-                md["request_id"] = request_id
-                md["overhead_ms"] = first_overhead = (perf_counter() - t0 - upstream) * 1000.0
-                rate_limit = md.get("rate_limit")
-                if first.usage:
-                    usage = first.usage
-                delivered = 1
-                last = first
-                yield first
                 async for chunk in chunks:
-                    if chunk.usage:
-                        usage = chunk.usage
-                    delivered += 1
-                    last = chunk
-                    yield chunk
-            except asyncio.CancelledError:
-                st.trial_in_flight = False
+                    out = splice.feed(chunk)
+                    if out is None:
+                        continue
+                    if first_overhead is None:
+                        loop.upstream += perf_counter() - loop.started
+                        md = out.metadata
+                        md["attempts"] = loop.attempts
+                        md["pool"] = result.pool.name
+                        md["request_id"] = request_id
+                        md["overhead_ms"] = first_overhead = (
+                            perf_counter() - t0 - loop.upstream) * 1000.0
+                    last = out
+                    yield out
+                splice.complete()
+            except (asyncio.CancelledError, GeneratorExit):
+                total_cost += self._abandoned(loop, splice)
                 raise
-            except GeneratorExit:
-                st.trial_in_flight = False
-                raise
+            except SpliceMismatch as why:
+                # The restarted answer cannot be spliced: end cleanly, naming the first break.
+                loop.release()
+                usage, estimated = splice.segment_usage()
+                total_cost += loop.charged(usage)
+                broken = splice.broken
+                assert broken is not None
+                error = loop.interrupted(broken, len(splice.delivered),
+                                         f"{model.id} could not continue it ({why})")
+                loop.fail_request(error)
+                raise error from None
             except Exception as raw:
-                exc = self._as_provider_error(raw, model)
-                attempts.append((model.id, exc))
-                counted = self._record_failure(result, model, st, exc, request_id, n)
-                if delivered:
-                    self._tell_strategy(result, model, counted)
-                    err = StreamInterruptedError(
-                        f"stream broke after {delivered} chunks were delivered: {exc.detail}",
-                        provider_id=model.provider, model_id=model.id, status=exc.status,
-                        retryable=False,
-                    )
-                    self._failed(result, preq, request_id, err, "stream", n, t0)
-                    raise err from exc
-                upstream += perf_counter() - ts
-                try:
-                    i, tries = await self._next_step(exc, result, provider, plan, i, tries, n,
-                                                     counted)
-                except ProviderError:
-                    self._failed(result, preq, request_id, exc, "stream", n, t0)
-                    raise
+                exc = as_provider_error(raw, model)
+                if splice.broken is not None and splice.rejected_prefill(model, exc):
+                    # Not the caller's error, not the model's: restart there without prefill.
+                    loop.upstream += perf_counter() - loop.started
+                    loop.release()
+                    loop.emit(EventType.ATTEMPT_FAILED, attempt=loop.attempts,
+                              error=type(exc).__name__, status=exc.status,
+                              message=f"prefill rejected: {str(exc)[:250]}")
+                    continue
+                mid_stream = splice.released
+                if mid_stream:
+                    total_cost += self._broke(loop, splice, exc)
+                outcome = await loop.failed(
+                    exc, mid_stream=mid_stream, delivered=len(splice.delivered),
+                    # Tool-call arguments can be neither continued nor spliced.
+                    stop="a tool call was in progress" if splice.tools else None)
+                if outcome is Outcome.CONTINUE:
+                    loop.emit(EventType.STREAM_CONTINUED, delivered_chars=len(splice.delivered),
+                              continuation=loop.continuations, error=type(exc).__name__)
                 continue
             finally:
                 await chunks.aclose()
-            elapsed = perf_counter() - ts
-            cost = self._record_success(result, model, st, elapsed * 1000.0, usage or {},
-                                        rate_limit)
-            # Readable by the consumer once the stream is exhausted (the proxy bills on it).
-            last.metadata["cost"] = cost
-            if events.enabled:
-                self._emit_success(pool, model, request_id, n, elapsed, cost, usage or {},
-                                   attempts, stream=True)
-                if self._request_logger.active:
-                    self._request_logger.log(
-                        request_id=request_id, name=capability, kind="stream", pool=pool.name,
-                        model=model.id, provider=model.provider, attempts=n,
-                        latency_ms=(perf_counter() - t0) * 1000.0,
-                        overhead_ms=first_overhead, usage=usage, cost=cost, error=None,
-                        request=preq.request)
+            elapsed = perf_counter() - loop.started
+            usage, estimated = splice.segment_usage()
+            cost = loop.succeeded(usage if not estimated or splice.segments else
+                                  (splice.seg_usage or {}), splice.rate_limit, elapsed)
+            total_cost += cost
+            assert last is not None
+            md = last.metadata
+            md["cost"] = total_cost
+            md["attempts"] = loop.attempts
+            if splice.segments is not None:
+                splice.close_segment(model, "complete", usage, estimated, cost)
+                md["continuations"] = len(splice.segments) - 1
+                md["segments"] = [s.as_dict() for s in splice.segments]
+            if self._event_emitter.enabled:
+                loop.report_success(elapsed, total_cost, usage, first_overhead, None)
             return
-        error = self._exhausted(result, attempts, request_id)
-        self._failed(result, preq, request_id, error, "stream", n, t0)
-        raise error
+        raise loop.exhausted(delivered=len(splice.delivered), broken=splice.broken)
+
+    @staticmethod
+    def _broke(loop: AttemptLoop, splice: Splice, exc: ProviderError) -> float:
+        """A stream broke after output reached the caller: bill the segment (the upstream's
+        usage, else an estimate from what it sent) and remember the first break."""
+        usage, estimated = splice.segment_usage()
+        cost = loop.charged(usage)
+        splice.break_at(exc)
+        splice.close_segment(loop.model, f"broke: {type(exc).__name__}", usage, estimated, cost)
+        return cost
+
+    @staticmethod
+    def _abandoned(loop: AttemptLoop, splice: Splice) -> float:
+        """The caller left mid-stream (the upstream call is being cancelled): give back any
+        recovery trial, bill what was used, and say so."""
+        loop.release()
+        if not splice.released and not splice.seg_chars:
+            return 0.0
+        usage, estimated = splice.segment_usage()
+        cost = loop.charged(usage)
+        loop.emit(EventType.REQUEST_CANCELLED, stream=True, delivered_chars=len(splice.delivered),
+                  usage=usage, estimated_usage=estimated, cost=cost)
+        return cost
 
     # -- batch
 

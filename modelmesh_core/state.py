@@ -109,6 +109,7 @@ class ModelState(UsageWindows):
     last_failure: float | None = None
     last_error: str | None = None
     trial_in_flight: bool = False
+    provider_trial: bool = False
     base_requests: int = 0
     base_tokens: int = 0
     rotations: int = 0
@@ -177,6 +178,8 @@ class ProviderState(UsageWindows):
     failures: int = 0
     cost: float = 0.0
     rate_limit: RateLimitInfo | None = None
+    down_for: float = 0.0
+    trial_in_flight: bool = False
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able view for status APIs."""
@@ -256,5 +259,5 @@ class MemoryStateStore:
 
 def model_state_fields() -> list[str]:
     """Names of the persisted ModelState fields (for file-backed stores)."""
-    skip = {"latencies_ms", "outcomes", "rate_limit", "trial_in_flight"}
+    skip = {"latencies_ms", "outcomes", "rate_limit", "trial_in_flight", "provider_trial"}
     return [a.name for a in attrs.fields(ModelState) if a.name not in skip]

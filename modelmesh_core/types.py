@@ -84,6 +84,7 @@ class Feature(enum.StrEnum):
     SYSTEM_PROMPT = "system_prompt"
     LOGPROBS = "logprobs"
     REASONING = "reasoning"
+    ASSISTANT_PREFILL = "assistant_prefill"
 
 
 ALL_DELIVERY_MODES: frozenset[str] = frozenset(m.value for m in DeliveryMode)

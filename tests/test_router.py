@@ -328,24 +328,38 @@ async def test_stream_fails_over_invisibly_before_first_chunk(fake_upstream, mak
     assert chunks[-1].usage["total_tokens"] > 0
 
 
-async def test_stream_cut_after_first_chunk_is_an_error(fake_upstream, make_mesh):
+async def test_stream_cut_after_first_chunk_is_continued_elsewhere(fake_upstream, make_mesh):
     a, b, c = await three(fake_upstream)
     a.script(CutStream(after_chunks=2))
     mesh = await make_mesh(cfg3(a, b, c))
+    chunks = [ch async for ch in mesh.router.stream("chat", req(stream=True))]
+    assert "".join(ch.content for ch in chunks) == "Hello from the fake upstream!"
+    assert chunks[0].provider == "a" and chunks[-1].provider == "b"
+    assert chat_calls(b) == 1 and chat_calls(c) == 0
+    assert mesh.state.model("a.gpt-4o-mini").failures == 1
+    assert chunks[-1].metadata["continuations"] == 1
+
+
+async def test_stream_cut_after_first_chunk_is_an_error_when_the_pool_says_so(
+        fake_upstream, make_mesh):
+    a, b, c = await three(fake_upstream)
+    a.script(CutStream(after_chunks=2))
+    mesh = await make_mesh(cfg3(a, b, c, streaming={"on_break": "error"}))
     seen: list[str] = []
     with pytest.raises(StreamInterruptedError) as info:
         async for ch in mesh.router.stream("chat", req(stream=True)):
             seen.append(ch.content)
     assert seen, "chunks were delivered before the cut"
     assert info.value.model_id == "a.gpt-4o-mini"
-    assert chat_calls(b) == 0, "a stream the caller has seen must not silently continue elsewhere"
+    assert chat_calls(b) == 0, "on_break: error never continues a stream elsewhere"
     assert mesh.state.model("a.gpt-4o-mini").failures == 1
 
 
 async def test_stalled_stream_hits_idle_timeout(fake_upstream, make_mesh):
     a, b, c = await three(fake_upstream)
-    a.script(StallStream(after_chunks=1))
-    mesh = await make_mesh(cfg3(a, b, c, timeout={"idle": "300ms"}))
+    a.script(StallStream(after_chunks=2))
+    mesh = await make_mesh(cfg3(a, b, c, timeout={"idle": "300ms"},
+                                streaming={"on_break": "error"}))
     t0 = time.monotonic()
     with pytest.raises(StreamInterruptedError):
         async for _ in mesh.router.stream("chat", req(stream=True)):

@@ -335,8 +335,11 @@ async def test_error_after_first_chunk_is_in_band(
         proxy: Proxy, fakes: tuple[FakeUpstream, FakeUpstream]) -> None:
     a, _ = fakes
     a.script(CutStream(after_chunks=3))
-    stream = await proxy.client().chat.completions.create(model="chat", messages=MSG,
-                                                           stream=True)
+    # A named model is a pool of one: nobody can continue the stream, so the break is sent
+    # in-band after the chunks that were delivered (tests/test_proxy_streams.py covers the
+    # continuation of a pool's stream).
+    stream = await proxy.client().chat.completions.create(model="alpha.gpt-4o-mini",
+                                                           messages=MSG, stream=True)
     seen = []
     with pytest.raises(openai.APIError) as info:
         async for chunk in stream:

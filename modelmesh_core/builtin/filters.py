@@ -114,6 +114,8 @@ class ProviderStateFilter:
                 f"provider {model.provider!r} down ({ps.deactivation_reason}) for another "
                 f"{ps.cooldown_until - context.now:.1f}s"
             )
+        if ps.trial_in_flight:
+            return f"provider {model.provider!r} recovery trial in flight"
         return None
 
 

@@ -28,7 +28,8 @@ class LocalFileConfig:
     path: str = ".modelmesh/state.json"
 
 
-_PROVIDER_FIELDS = [a.name for a in attrs.fields(ProviderState) if a.name != "rate_limit"]
+_PROVIDER_FIELDS = [a.name for a in attrs.fields(ProviderState)
+                    if a.name not in ("rate_limit", "trial_in_flight")]
 _WINDOW_FIELDS = {a.name for a in attrs.fields(UsageWindows)}
 
 

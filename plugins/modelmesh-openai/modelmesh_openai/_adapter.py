@@ -301,6 +301,14 @@ def _bound(now: float, span: float | None, deadline: float | None) -> tuple[floa
     return when, False
 
 
+_PREFILL_PARAMS: dict[str, dict[str, Any]] = {
+    # vLLM continues a final assistant message only when told to (its chat template would
+    # otherwise open a new assistant turn).
+    "vllm.local.v1": {"continue_final_message": True, "add_generation_prompt": False},
+}
+"""Body parameters a server needs to continue a trailing assistant message (prefill)."""
+
+
 class OpenAIAdapter:
     """``ProviderAdapter`` for the OpenAI chat completions / embeddings / models API.
 
@@ -348,6 +356,7 @@ class OpenAIAdapter:
         self._embed_urls: dict[str, URL] = {}
         self._models_url = URL(f"{self.base_url}/models{self._query}")
         self._client_timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
+        self._prefill_params = _PREFILL_PARAMS.get(connector.name)
 
     def __repr__(self) -> str:
         return f"OpenAIAdapter({self.name!r}, connector={self.connector.name!r})"
@@ -388,7 +397,13 @@ class OpenAIAdapter:
     def _body(self, model: Model, request: CompletionRequest, stream: bool) -> bytes:
         body: dict[str, Any] = dict(request.extra) if request.extra else {}
         body["model"] = model.upstream_id
-        body["messages"] = request.messages
+        messages = request.messages
+        body["messages"] = messages
+        prefill = self._prefill_params
+        if prefill and messages and messages[-1].get("role") == "assistant":
+            # A trailing assistant message is a prefill to continue (stream continuation).
+            for name, value in prefill.items():
+                body.setdefault(name, value)
         if request.temperature is not None:
             body["temperature"] = request.temperature
         if request.max_tokens is not None and "max_completion_tokens" not in body:
@@ -501,7 +516,8 @@ class OpenAIAdapter:
         if code in _FILTER_CODES or kind in _FILTER_CODES:
             return ContentFilterError(text, retryable=False, **common)
         retryable = status is None or status in (408, 409, 425) or status >= 500
-        return ProviderError(text, retryable=retryable, **common)
+        wait = parse_retry_after(kept, message) if status is not None and status >= 500 else None
+        return ProviderError(text, retryable=retryable, retry_after=wait, **common)
 
     # ------------------------------------------------------------------ transport
 
@@ -714,6 +730,7 @@ class OpenAIAdapter:
         pending: list[bytes] = []
         delivered = 0
         finished = False
+        finish_seen = False
         try:
             while True:
                 if delivered:
@@ -729,11 +746,16 @@ class OpenAIAdapter:
                 except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
                     raise self._transport_error(exc, model_id, interrupted=True) from None
                 if not line:
+                    if finish_seen:
+                        # The answer and its finish_reason (and usage, which precedes the end)
+                        # arrived; only the closing [DONE] is missing: a complete answer.
+                        finished = True
+                        break
                     if pending:
                         raise self._bad_payload("the stream ended inside an event", model_id)
                     raise StreamInterruptedError(
-                        f"the stream ended without 'data: [DONE]' after {delivered} chunks; "
-                        "the answer is incomplete",
+                        f"the stream ended without a finish_reason or 'data: [DONE]' after "
+                        f"{delivered} chunks; the answer is incomplete",
                         provider_id=self.name,
                         model_id=model_id,
                         status=resp.status,
@@ -750,6 +772,15 @@ class OpenAIAdapter:
                 event = pending[0] if len(pending) == 1 else b"\n".join(pending)
                 pending.clear()
                 if event == b"[DONE]":
+                    if not finish_seen:
+                        raise StreamInterruptedError(
+                            f"the stream sent 'data: [DONE]' after {delivered} chunks without "
+                            "a finish_reason; the answer is incomplete",
+                            provider_id=self.name,
+                            model_id=model_id,
+                            status=resp.status,
+                            retryable=True,
+                        )
                     finished = True
                     break
                 try:
@@ -769,6 +800,8 @@ class OpenAIAdapter:
                     raise self.error_from(None, event, resp.headers, model_id)
                 chunk = self._chunk(obj, model_id, start, loop, rate if not delivered else None)
                 delivered += 1
+                if chunk.finish_reason:
+                    finish_seen = True
                 yield chunk
         finally:
             if finished and not content.at_eof():

@@ -281,13 +281,15 @@ async def test_stream_ignores_comments_and_joins_multiline_data(make_adapter) ->
         "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}],
     }
     body = orjson.dumps(chunk)
-    half = body.index(b',"choices"')
+    chunk["choices"][0]["finish_reason"] = "stop"
+    last = orjson.dumps(chunk)
+    half = last.index(b',"choices"')
     lines = [
         b": keep-alive\n\n",
         b"\n",
         b"event: message\nid: 1\nretry: 100\n",
         b"data: " + body + b"\r\n\r\n",
-        b"data: " + body[:half] + b"\ndata: " + body[half:] + b"\n\n",
+        b"data: " + last[:half] + b"\ndata: " + last[half:] + b"\n\n",
         b": another keep-alive\n\n",
         b"data: [DONE]\n\n",
     ]
