@@ -13,6 +13,11 @@ running in a *separate process* so the upstream's CPU time is not charged to the
   the first ``data:`` event (decoded with orjson); each stream is read to its end.
 * failover: a request whose first candidate answers 500 and whose second answers, vs a
   request straight to the healthy upstream (informative).
+* per-chunk stream overhead: a 200-word stream read to its end through ``router.stream`` vs
+  bare aiohttp reading and decoding every SSE event; (router - bare) / chunks.
+* stream continuation: a stream cut after 20 words and continued (prefill) on a second
+  upstream; the time from the last chunk before the break to the first continued chunk,
+  against a bare request of that continuation (its time to the first content event).
 * RSS of this process after 10,000 requests through the router, and its growth between
   request 1,000 and request 10,000 (a leak check).
 * pluggy hook calls made during the measured loops (``HookCaller.__call__`` is wrapped):
@@ -52,6 +57,8 @@ HEADERS = {
     "Authorization": f"Bearer {API_KEY}",
 }
 STREAM_HEADERS = {**HEADERS, "Accept": "text/event-stream"}
+LONG_ANSWER = " ".join(f"word{i}" for i in range(200))
+CUT_WORDS = 20
 
 perf_ns = time.perf_counter_ns
 
@@ -62,28 +69,42 @@ perf_ns = time.perf_counter_ns
 def serve_upstreams() -> None:
     """Child process: a healthy and a failing FakeUpstream; prints their ports, runs until
     stdin closes (so it never outlives the benchmark)."""
-    from modelmesh_core.fakes import Fail, FakeUpstream, Reply
+    from modelmesh_core.fakes import CutStream, Fail, FakeUpstream, Prefill, Reply
 
     async def main() -> None:
         ok = FakeUpstream(default=Reply("Hello there, how are you today?"), rpm_limit=10**9,
                           tpm_limit=10**12)
         bad = FakeUpstream(default=Fail(500), rpm_limit=10**9, tpm_limit=10**12)
-        await ok.start()
-        await bad.start()
+        long = FakeUpstream(default=Reply(LONG_ANSWER), rpm_limit=10**9, tpm_limit=10**12)
+        # ``cut`` breaks every stream after CUT_WORDS words of LONG_ANSWER; ``cont`` continues
+        # a prefill of it.
+        cut = FakeUpstream(default=Reply(LONG_ANSWER), rpm_limit=10**9, tpm_limit=10**12)
+        cont = FakeUpstream(default=Reply(LONG_ANSWER), rpm_limit=10**9, tpm_limit=10**12,
+                            prefill=Prefill.CONTINUE)
+        fakes = {"ok": ok, "bad": bad, "long": long, "cut": cut, "cont": cont}
+        for fake in fakes.values():
+            await fake.start()
+
+        def refill() -> None:
+            if cut.pending < 1000:
+                cut.script(*[CutStream(after_words=CUT_WORDS)] * 10_000)
+
+        refill()
         # calls are recorded forever by design (tests read them); the benchmark must not
         # measure that growth in the upstream, so forget them now and then.
         async def trim() -> None:
             while True:
                 await asyncio.sleep(1.0)
-                ok.calls.clear()
-                bad.calls.clear()
+                for fake in fakes.values():
+                    fake.calls.clear()
+                refill()
 
         trimmer = asyncio.get_running_loop().create_task(trim())
-        print(json.dumps({"ok": ok.base_url, "bad": bad.base_url}), flush=True)
+        print(json.dumps({name: fake.base_url for name, fake in fakes.items()}), flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
         trimmer.cancel()
-        await ok.stop()
-        await bad.stop()
+        for fake in fakes.values():
+            await fake.stop()
 
     asyncio.run(main())
 
@@ -251,12 +272,13 @@ def mesh_config(urls: dict[str, str]) -> dict[str, Any]:
     provider = {"connector": "openai.llm.v1"}
     return {
         "providers": {
-            "ok": {**provider, "config": {"base_url": urls["ok"], "api_key": API_KEY}},
-            "bad": {**provider, "config": {"base_url": urls["bad"], "api_key": API_KEY}},
+            name: {**provider, "config": {"base_url": url, "api_key": API_KEY}}
+            for name, url in urls.items()
         },
         "models": {
-            f"ok.{MODEL}": {"capabilities": ["chat-completion"]},
-            f"bad.{MODEL}": {"capabilities": ["chat-completion"]},
+            **{f"{name}.{MODEL}": {"capabilities": ["chat-completion"]} for name in urls},
+            f"cont.{MODEL}": {"capabilities": ["chat-completion"],
+                              "features": ["assistant_prefill"]},
         },
         "pools": {
             "chat": {"models": [f"ok.{MODEL}"]},
@@ -267,6 +289,15 @@ def mesh_config(urls: dict[str, str]) -> dict[str, Any]:
                     "config": {"provider_priority": ["bad", "ok"]},
                 },
                 # keep the failing model active so every request fails over
+                "failure_threshold": 1_000_000_000,
+            },
+            "long": {"models": [f"long.{MODEL}"]},
+            "continue": {
+                "models": [f"cut.{MODEL}", f"cont.{MODEL}"],
+                "strategy": {
+                    "connector": "modelmesh.priority-selection.v1",
+                    "config": {"provider_priority": ["cut", "cont"]},
+                },
                 "failure_threshold": 1_000_000_000,
             },
         },
@@ -379,6 +410,82 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "extra_p50_us": pct(f, 0.5) - pct(h, 0.5),
             }
 
+            # ---- per-chunk stream overhead (a long stream read to its end)
+            long_url = urls["long"] + "/chat/completions"
+            long_body = orjson.dumps({"model": MODEL, "messages": MESSAGES, "stream": True,
+                                      "stream_options": {"include_usage": True}})
+            chunk_counts: list[int] = []
+
+            async def long_router() -> float:
+                t = perf_ns()
+                count = 0
+                async for _ in router.stream("long", stream_request):
+                    count += 1
+                chunk_counts.append(count)
+                return (perf_ns() - t) / 1000.0
+
+            async def long_bare() -> float:
+                t = perf_ns()
+                async with bare.post(long_url, data=long_body, headers=STREAM_HEADERS) as resp:
+                    async for line in resp.content:
+                        if line.startswith(b"data:") and line[6:12] != b"[DONE]":
+                            orjson.loads(line[6:])
+                return (perf_ns() - t) / 1000.0
+
+            n_long = max(n_stream // 4, 20)
+            with hooks.counting():
+                r, b = await interleaved(long_router, long_bare, n_long, 10)
+            chunks = max(pct(chunk_counts, 0.5), 1)
+            paired = [(x - y) / chunks for x, y in zip(r, b, strict=False)]
+            results["stream_per_chunk"] = {
+                "chunks": chunks,
+                "router_p50_us": pct(r, 0.5),
+                "bare_p50_us": pct(b, 0.5),
+                "per_chunk_p50_us": pct(paired, 0.5),
+                "per_chunk_p99_us": pct(paired, 0.99),
+            }
+
+            # ---- continuation: from the break to the first continued chunk
+            prefill = " ".join(LONG_ANSWER.split()[:CUT_WORDS])
+            cont_url = urls["cont"] + "/chat/completions"
+            cont_body = orjson.dumps({
+                "model": MODEL, "stream": True, "stream_options": {"include_usage": True},
+                "messages": [*MESSAGES, {"role": "assistant", "content": prefill}]})
+
+            async def continued() -> float:
+                before = after = 0
+                async for chunk in router.stream("continue", stream_request):
+                    if chunk.provider == "cut":
+                        before = perf_ns()
+                    elif not after:
+                        after = perf_ns()
+                assert before and after
+                return (after - before) / 1000.0
+
+            async def cont_bare() -> float:
+                t = perf_ns()
+                dt = 0.0
+                async with bare.post(cont_url, data=cont_body, headers=STREAM_HEADERS) as resp:
+                    async for line in resp.content:
+                        if line.startswith(b"data:") and b'"content":"' in line:
+                            obj = orjson.loads(line[6:])
+                            if obj["choices"] and obj["choices"][0]["delta"].get("content"):
+                                dt = dt or (perf_ns() - t) / 1000.0
+                return dt
+
+            n_cont = max(n_stream // 4, 20)
+            with hooks.counting():
+                g, c = await interleaved(continued, cont_bare, n_cont, 10)
+            gaps = [x - y for x, y in zip(g, c, strict=False)]
+            results["continuation"] = {
+                "gap_p50_us": pct(g, 0.5),
+                "gap_p99_us": pct(g, 0.99),
+                "bare_ttft_p50_us": pct(c, 0.5),
+                "bare_ttft_p99_us": pct(c, 0.99),
+                "router_p50_us": pct(gaps, 0.5),
+                "router_p99_us": pct(gaps, 0.99),
+            }
+
             # ---- RSS after n_rss requests (a fresh count: requests made before don't count)
             checkpoint = max(n_rss // 10, 1)
             rss: dict[int, int] = {}
@@ -464,6 +571,16 @@ def render(res: dict[str, Any]) -> str:
         row("  router overhead (difference)", s["overhead_p50_us"], s["overhead_p99_us"])
         row("  median of paired differences", s["paired_diff_p50_us"])
         row("  router self-measured overhead", s["self_overhead_p50_us"], s["self_overhead_p99_us"])
+    pc = res["stream_per_chunk"]
+    lines.append(f"stream read to its end ({pc['chunks']:.0f} chunks)")
+    row("  bare aiohttp (whole stream)", pc["bare_p50_us"])
+    row("  through the router (whole stream)", pc["router_p50_us"])
+    row("  router overhead per chunk", pc["per_chunk_p50_us"], pc["per_chunk_p99_us"])
+    co = res["continuation"]
+    lines.append(f"stream cut after {CUT_WORDS} words, continued (prefill) on another upstream")
+    row("  break → first continued chunk", co["gap_p50_us"], co["gap_p99_us"])
+    row("  bare: continuation's first token", co["bare_ttft_p50_us"], co["bare_ttft_p99_us"])
+    row("  router time (paired difference)", co["router_p50_us"], co["router_p99_us"])
     fo = res["failover"]
     lines.append("failover (500 from A, B answers)")
     row("  healthy request", fo["healthy_p50_us"], fo["healthy_p99_us"])
