@@ -499,8 +499,8 @@ class Router:
                 await chunks.aclose()
             elapsed = perf_counter() - loop.started
             usage, estimated = splice.segment_usage()
-            cost = loop.succeeded(usage if not estimated or splice.segments else
-                                  (splice.seg_usage or {}), splice.rate_limit, elapsed)
+            # An upstream that reports no usage is billed from an estimate, never as free.
+            cost = loop.succeeded(usage, splice.rate_limit, elapsed)
             total_cost += cost
             assert last is not None
             md = last.metadata
