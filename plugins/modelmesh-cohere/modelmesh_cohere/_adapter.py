@@ -654,9 +654,14 @@ class CohereAdapter:
             call = event["delta"]["message"]["tool_calls"]
             function = call.get("function") or {}
         except (KeyError, TypeError, AttributeError):
-            raise self._bad_payload(f"a {kind} event has no delta.message.tool_calls", model_id)
+            raise self._bad_payload(
+                f"a {kind} event has no delta.message.tool_calls", model_id
+            ) from None
         upstream_index = event.get("index")
-        key = upstream_index if isinstance(upstream_index, int) else len(tool_index)
+        if isinstance(upstream_index, int):
+            key = upstream_index
+        else:  # no index: a start opens the next call, a delta continues the last one
+            key = len(tool_index) if kind == "tool-call-start" else len(tool_index) - 1
         if kind == "tool-call-start":
             index = tool_index.setdefault(key, len(tool_index))
             return ToolCall(
@@ -666,11 +671,13 @@ class CohereAdapter:
                 index=index,
                 type=call.get("type") or "function",
             )
-        index = tool_index.get(key)
-        if index is None:
-            raise self._bad_payload("a tool-call-delta arrived before its tool-call-start", model_id)
+        found = tool_index.get(key)
+        if found is None:
+            raise self._bad_payload(
+                "a tool-call-delta arrived before its tool-call-start", model_id
+            )
         return ToolCall(
-            id=None, name=None, arguments=function.get("arguments") or "", index=index
+            id=None, name=None, arguments=function.get("arguments") or "", index=found
         )
 
     # ------------------------------------------------------------------ embed / rerank / models

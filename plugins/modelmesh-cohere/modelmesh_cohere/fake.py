@@ -199,7 +199,7 @@ class FakeCohere(FakeUpstream):
 
     async def start(self) -> FakeCohere:
         """Start listening; returns ``self``."""
-        if self._runner is not None:
+        if self._runner is not None:  # type: ignore[has-type]
             return self
         self._closing = asyncio.Event()
         app = web.Application(client_max_size=32 * 1024 * 1024)
@@ -210,7 +210,7 @@ class FakeCohere(FakeUpstream):
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
+        site = web.TCPSite(runner, self._host, self._port)  # type: ignore[has-type]
         await site.start()
         server = getattr(site, "_server", None)
         for sock in getattr(server, "sockets", None) or ():
@@ -505,7 +505,7 @@ class _Chat:
     def __init__(self, body: dict[str, Any], reply: Reply) -> None:
         self.id = str(uuid.uuid4())
         self.reply = reply
-        self.calls = [
+        self.calls: list[dict[str, Any]] = [
             {
                 "id": call.get("id") or f"{call['name']}_{uuid.uuid4().hex[:12]}",
                 "type": "function",
