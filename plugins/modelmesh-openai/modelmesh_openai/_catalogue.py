@@ -294,7 +294,7 @@ CONNECTORS: tuple[Connector, ...] = (
     ),
     Connector(
         name="azure.openai.v1",
-        description="Azure OpenAI (deployments, api-key header)",
+        description="Azure OpenAI (deployments or v1 paths, api-key header or Entra ID token)",
         default_base_url=None,
         key_env=("AZURE_OPENAI_API_KEY",),
         base_url_env=("AZURE_OPENAI_ENDPOINT",),

@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
-from attrs import Factory, field, frozen
+from attrs import Factory, field, frozen, validators
 
 from modelmesh_core.config import Duration
 from modelmesh_core.errors import ConfigError
 
-__all__ = ["Connector", "OpenAIConfig"]
+__all__ = ["AZURE_API_VERSION", "AzureOpenAIConfig", "Connector", "OpenAIConfig"]
+
+AZURE_API_VERSION = "2024-10-21"
+"""The ``api-version`` sent to Azure deployments when neither the config nor
+``OPENAI_API_VERSION`` gives one (the latest GA data-plane version when this was written)."""
 
 
 def _keys(value: object) -> tuple[str, ...]:
@@ -52,6 +56,34 @@ class OpenAIConfig:
     api_version: str | None = None
     key_cooldown: Duration = Duration(60.0)
     auth_cooldown: Duration = Duration(600.0)
+
+
+@frozen(kw_only=True)
+class AzureOpenAIConfig(OpenAIConfig):
+    """The ``config:`` of ``azure.openai.v1``: :class:`OpenAIConfig` plus Azure's choices.
+
+    Attributes:
+        auth: ``"api-key"`` (the ``api-key`` header; keys from ``api_key`` / ``keys`` /
+            ``AZURE_OPENAI_API_KEY``) or ``"entra"`` (``Authorization: Bearer <token>`` with a
+            Microsoft Entra ID token from ``entra_token``, ``entra_token_provider`` or
+            ``AZURE_OPENAI_AD_TOKEN``).
+        entra_token: a static Entra ID access token (they expire after about an hour: prefer
+            ``entra_token_provider`` for long-running processes).
+        entra_token_provider: ``"package.module:function"`` returning a token (``str``, or an
+            awaitable of one), e.g. a wrapper around ``azure.identity``'s
+            ``get_bearer_token_provider``; called when the cached token is older than
+            ``entra_token_ttl`` or was rejected.
+        entra_token_ttl: seconds a token from ``entra_token_provider`` is reused.
+        api_style: ``"deployments"`` (``/openai/deployments/{deployment}/…?api-version=…``)
+            or ``"v1"`` (the GA ``/openai/v1/…`` paths, deployment name in the body's
+            ``model``, no ``api-version``). A ``base_url`` ending in ``/openai/v1`` means v1.
+    """
+
+    auth: str = field(default="api-key", validator=validators.in_(("api-key", "entra")))
+    entra_token: str | None = None
+    entra_token_provider: str | None = None
+    entra_token_ttl: Duration = Duration(300.0)
+    api_style: str = field(default="deployments", validator=validators.in_(("deployments", "v1")))
 
 
 @frozen(kw_only=True)

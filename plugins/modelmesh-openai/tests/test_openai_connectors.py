@@ -7,7 +7,7 @@ import pytest
 from modelmesh_core.capabilities import CapabilityTree
 from modelmesh_core.errors import ConfigError
 from modelmesh_core.types import ALL_DELIVERY_MODES, ALL_FEATURES, ProviderSpec
-from modelmesh_openai import OpenAIConfig, modelmesh_providers
+from modelmesh_openai import AzureOpenAIConfig, OpenAIConfig, modelmesh_providers
 from modelmesh_openai._catalogue import CONNECTORS
 
 SPECS = {spec.name: spec for spec in modelmesh_providers()}
@@ -40,7 +40,8 @@ def test_every_connector_is_registered_once() -> None:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_spec_shape(name: str) -> None:
     spec = SPECS[name]
-    assert spec.config_type is OpenAIConfig
+    expected = AzureOpenAIConfig if name == "azure.openai.v1" else OpenAIConfig
+    assert spec.config_type is expected
     assert callable(spec.factory)
     assert spec.description
     if name.endswith(".local.v1"):
