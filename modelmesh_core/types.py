@@ -84,6 +84,8 @@ class Feature(enum.StrEnum):
     SYSTEM_PROMPT = "system_prompt"
     LOGPROBS = "logprobs"
     REASONING = "reasoning"
+    ASSISTANT_PREFILL = "assistant_prefill"
+    """Accepts a request whose last message is an assistant turn and continues that text."""
 
 
 ALL_DELIVERY_MODES: frozenset[str] = frozenset(m.value for m in DeliveryMode)
