@@ -528,7 +528,6 @@ class _StreamState:
         self,
         content: str = "",
         *,
-        role: str | None = None,
         calls: tuple[ToolCall, ...] = _NO_CALLS,
         finish: str | None = None,
         usage: dict[str, int] | None = None,
@@ -536,6 +535,7 @@ class _StreamState:
         rate = self.rate
         if rate is not None:
             self.rate = None  # the first chunk carries it, as the OpenAI adapter does
+        role = "assistant" if not self.delivered else None
         self.delivered += 1
         return CompletionResponse(
             content=content,
@@ -553,7 +553,10 @@ class _StreamState:
         )
 
     def translate(self, kind: Any, obj: dict[str, Any]) -> CompletionResponse | None:
-        """The chunk for one event, or None for events that carry nothing for the caller."""
+        """The chunk for one event, or None for events that carry nothing for the caller.
+
+        The first chunk has ``role="assistant"`` and the rate-limit metadata.
+        """
         try:
             if kind == "content_block_delta":
                 delta = obj["delta"]
@@ -592,7 +595,10 @@ class _StreamState:
                 usage = message.get("usage")
                 if isinstance(usage, dict):
                     self.start_usage = usage
-                return self._chunk(role="assistant")
+                # No chunk yet: the role rides on the first chunk with content, so an error
+                # event right after message_start (overload) comes before anything is
+                # delivered and the router can still fail over invisibly.
+                return None
             if kind == "message_delta":
                 delta = obj.get("delta") or {}
                 stop = delta.get("stop_reason")

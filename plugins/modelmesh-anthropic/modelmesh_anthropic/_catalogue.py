@@ -7,6 +7,11 @@ standard 200k (the 1M-token window of some models needs a beta header and costs 
 
 ``assistant_prefill`` is declared only where Anthropic documents it as accepted: Claude Opus
 4.6 answers a prefilled request with a 400, and the 4.6 generation is listed without it.
+
+Only models whose prices could be checked are listed. Newer ids the API serves (the SDK knows
+``claude-opus-4-7``, ``claude-opus-4-8``, ``claude-sonnet-5``, ``claude-opus-5``, …) work
+when configured under ``models:`` with their pricing; ``claude-sonnet-4-5`` (end of life
+2026-11-30) and ``claude-opus-4-5`` (2027-01-22) are deprecated upstream.
 """
 
 from __future__ import annotations
@@ -51,6 +56,4 @@ CATALOGUE: tuple[ModelInfo, ...] = (
     _claude("claude-opus-4-5", price=(5.0, 25.0), max_output=64_000),
     _claude("claude-sonnet-4-5", price=(3.0, 15.0), max_output=64_000),
     _claude("claude-haiku-4-5", price=(1.0, 5.0), max_output=64_000),
-    _claude("claude-opus-4-1", price=(15.0, 75.0), max_output=32_000),
-    _claude("claude-sonnet-4-0", price=(3.0, 15.0), max_output=64_000),
 )

@@ -13,8 +13,9 @@ wire shapes:
   ``GET /v1/messages/batches/{id}/results`` (JSONL, not in request order, as documented),
   ``POST /v1/messages/batches/{id}/cancel``.
 
-Like the real API it checks what it can cheaply: the ``x-api-key`` (when ``api_keys`` is
-given), the ``anthropic-version`` header, a ``max_tokens`` and ``messages`` in the body, and a
+Like the real API it checks what it can cheaply: the key (``x-api-key``, or an
+``Authorization: Bearer`` as recent SDKs send it; when ``api_keys`` is given), that an
+``anthropic-version`` header is present, a ``max_tokens`` and ``messages`` in the body, and a
 final assistant message ending in whitespace (400, as Anthropic answers it); models listed in
 ``no_prefill_models`` refuse any trailing assistant message. Errors use Anthropic's body
 ``{"type": "error", "error": {"type", "message"}, "request_id"}``; every answer carries
@@ -431,8 +432,8 @@ class RecordedCall:
 
     @property
     def api_key(self) -> str | None:
-        """The ``x-api-key`` the request carried."""
-        return self.headers.get("x-api-key")
+        """The key the request carried: ``x-api-key``, else an ``Authorization`` bearer."""
+        return _key(self.headers)
 
 
 @define
@@ -449,6 +450,14 @@ class _Batch:
 def _now_iso(offset: float = 0.0) -> str:
     stamp = datetime.fromtimestamp(time.time() + offset, UTC)
     return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _key(headers: Mapping[str, str]) -> str | None:
+    key = headers.get("x-api-key")
+    if key:
+        return key
+    auth = headers.get("authorization", "")
+    return auth[7:].strip() or None if auth[:7].lower() == "bearer " else None
 
 
 def _words(text: str) -> int:
@@ -505,7 +514,7 @@ class FakeAnthropic:
         self,
         *,
         api_keys: Sequence[str] | set[str] | None = None,
-        models: Sequence[str] = ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-6"),
+        models: Sequence[str] = ("claude-sonnet-4-6", "claude-haiku-4-5", "claude-opus-4-6"),
         no_prefill_models: Sequence[str] = (),
         batch_polls: int = 1,
         rpm_limit: int = 4000,
@@ -674,7 +683,7 @@ class FakeAnthropic:
 
     def _check(self, request: web.Request, raw: bytes, body: Any) -> Fail | None:
         if self.api_keys is not None:
-            key = request.headers.get("x-api-key")
+            key = _key({k.lower(): v for k, v in request.headers.items()})
             if not key or key not in self.api_keys:
                 return Fail(401)
         if not request.headers.get("anthropic-version"):

@@ -37,13 +37,13 @@ async def collect(adapter, request=HI, model=None):
 async def test_documentation_stream(make_adapter, fake) -> None:
     fake.script(Raw(DOC_STREAM, content_type=SSE))
     chunks = await collect(make_adapter())
-    # message_start → a role chunk; ping and block start/stop carry nothing
+    # message_start, ping and block start/stop carry nothing: the role rides on the first text
     assert [(c.role, c.content, c.finish_reason) for c in chunks] == [
-        ("assistant", "", None), (None, "Hello", None), (None, "!", None), (None, "", "stop")]
+        ("assistant", "Hello", None), (None, "!", None), (None, "", "stop")]
     assert {c.id for c in chunks} == {"msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY"}
     assert chunks[0].upstream_model == "claude-sonnet-4-5-20250929"
     # usage: input from message_start, output from message_delta, on the last chunk only
-    assert [c.usage for c in chunks[:-1]] == [{}, {}, {}]
+    assert [c.usage for c in chunks[:-1]] == [{}, {}]
     assert chunks[-1].usage == {
         "prompt_tokens": 25, "completion_tokens": 15, "total_tokens": 40,
         "cached_tokens": 0, "reasoning_tokens": 0, "cache_creation_tokens": 0,
@@ -119,7 +119,7 @@ async def test_documented_error_event(make_adapter, fake) -> None:
     with pytest.raises(ProviderError, match="Overloaded") as info:
         async for chunk in make_adapter().stream(claude(), HI, FAST):
             seen.append(chunk.content)
-    assert seen == ["", "Hello", "!"]
+    assert seen == ["Hello", "!"]
     assert (info.value.status, info.value.retryable) == (529, True)
 
 
