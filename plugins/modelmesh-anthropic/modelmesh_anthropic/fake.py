@@ -11,7 +11,9 @@ wire shapes:
 * ``GET /v1/models`` — the configured models, paginated with ``limit`` / ``after_id``;
 * ``POST /v1/messages/batches``, ``GET /v1/messages/batches/{id}``,
   ``GET /v1/messages/batches/{id}/results`` (JSONL, not in request order, as documented),
-  ``POST /v1/messages/batches/{id}/cancel``.
+  ``POST /v1/messages/batches/{id}/cancel``. Creating a batch takes one scripted behaviour
+  per request (``Reply`` → ``succeeded``, ``Fail`` → ``errored`` with its error body); the
+  other batch endpoints take one for the whole answer (e.g. ``Raw(DOC_BATCH)``, ``Fail``).
 
 Like the real API it checks what it can cheaply: the key (``x-api-key``, or an
 ``Authorization: Bearer`` as recent SDKs send it; when ``api_keys`` is given), that an
@@ -960,10 +962,12 @@ class FakeAnthropic:
         return self.batches.get(request.match_info["id"])
 
     async def _batch_get(self, request: web.Request) -> web.StreamResponse:
-        accepted = await self._accept(request, scripted=False)
+        accepted = await self._accept(request)
         if isinstance(accepted, web.Response):
             return accepted
-        headers = accepted[2]
+        _, behaviour, headers = accepted
+        if not isinstance(behaviour, Reply):
+            return await self._other(request, behaviour, headers, stream=False)
         batch = self._find(request)
         if batch is None:
             return self._error(Fail(404), headers)
@@ -973,10 +977,12 @@ class FakeAnthropic:
         return web.json_response(self._batch_object(batch), headers=headers)
 
     async def _batch_cancel(self, request: web.Request) -> web.StreamResponse:
-        accepted = await self._accept(request, scripted=False)
+        accepted = await self._accept(request)
         if isinstance(accepted, web.Response):
             return accepted
-        headers = accepted[2]
+        _, behaviour, headers = accepted
+        if not isinstance(behaviour, Reply):
+            return await self._other(request, behaviour, headers, stream=False)
         batch = self._find(request)
         if batch is None:
             return self._error(Fail(404), headers)
@@ -986,10 +992,12 @@ class FakeAnthropic:
         return web.json_response(self._batch_object(batch), headers=headers)
 
     async def _batch_results(self, request: web.Request) -> web.StreamResponse:
-        accepted = await self._accept(request, scripted=False)
+        accepted = await self._accept(request)
         if isinstance(accepted, web.Response):
             return accepted
-        headers = accepted[2]
+        _, behaviour, headers = accepted
+        if not isinstance(behaviour, Reply):
+            return await self._other(request, behaviour, headers, stream=False)
         batch = self._find(request)
         if batch is None or batch.status != "ended":
             return self._error(Fail(404, message="No results are available for this batch "

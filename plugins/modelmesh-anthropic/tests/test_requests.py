@@ -9,7 +9,10 @@ from modelmesh_anthropic.fake import Reply
 from modelmesh_core.errors import ProviderError
 from modelmesh_core.types import CompletionRequest
 
-PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5E"
+    "rkJggg=="
+)
 
 WEATHER_TOOL = {
     "type": "function",
