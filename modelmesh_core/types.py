@@ -85,6 +85,7 @@ class Feature(enum.StrEnum):
     LOGPROBS = "logprobs"
     REASONING = "reasoning"
     ASSISTANT_PREFILL = "assistant_prefill"
+    """Accepts a request whose last message is an assistant turn and continues that text."""
 
 
 ALL_DELIVERY_MODES: frozenset[str] = frozenset(m.value for m in DeliveryMode)
