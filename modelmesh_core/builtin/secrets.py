@@ -13,7 +13,7 @@ import importlib
 import json
 import os
 import secrets as _random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -258,7 +258,7 @@ class KeyringStore:
                                    f"{type(exc).__name__}: {exc}"]) from None
         self._index(names - {name})
 
-    def _index(self, names: set[str]) -> None:
+    def _index(self, names: Iterable[str]) -> None:
         _keyring_call(self._ring.set_password, self._service, _INDEX,
                       json.dumps(sorted(names)), path="secrets")
 
