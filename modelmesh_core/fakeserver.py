@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     parser.add_argument("--scenario", choices=list(SCENARIOS), default="ok",
                         help="how it behaves: " + "; ".join(
-                            f"{name}: {what}" for name, (what, _) in SCENARIOS.items()))
+                            f"{name}: {what}" for name, (what, _) in SCENARIOS.items()
+                        ).replace("%", "%%"))  # argparse formats help with %
     parser.add_argument("--seed", type=int, default=None, help="seed of the flaky scenario")
     parser.add_argument("--api-key", default=None,
                         help="require this API key (default: accept any key)")

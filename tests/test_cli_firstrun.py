@@ -73,6 +73,20 @@ def test_logging_flags_before_or_after_the_subcommand(argv: list[str]) -> None:
     assert (args.command, args.verbose, args.log_json) == ("pools", 1, True)
 
 
+def test_every_help_page_renders() -> None:
+    parser = build_parser()
+    pages = [parser.format_help()]
+    for action in parser._subparsers._group_actions:  # type: ignore[union-attr]
+        for name, sub in action.choices.items():
+            pages.append(sub.format_help())
+            if name == "secrets":
+                inner = sub._subparsers._group_actions[0]  # type: ignore[union-attr]
+                pages.extend(p.format_help() for p in inner.choices.values())
+    assert len(pages) > 14
+    fake = next(p for p in pages if "fake-upstream [-h]" in p)
+    assert "30% of requests fail with a 500" in " ".join(fake.split())
+
+
 def test_logging_flags_default_off() -> None:
     args = build_parser().parse_args(["secrets", "list"])
     assert (args.verbose, args.log_json, args.config) == (0, False, None)
