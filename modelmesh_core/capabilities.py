@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .errors import CapabilityNotFoundError
+from .errors import CapabilityNotFoundError, did_you_mean
 
 __all__ = ["DEFAULT_ALIASES", "DEFAULT_TREE", "CapabilityTree"]
 
@@ -145,10 +145,7 @@ class CapabilityTree:
         matches = [n for n in self._nodes if n.rsplit(".", 1)[-1] == name]
         if len(matches) == 1:
             return matches[0]
-        import difflib
-
-        close = difflib.get_close_matches(name, [*self._aliases, *self._nodes], n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(name, [*self._aliases, *self._nodes], n=3)
         raise CapabilityNotFoundError(f"unknown capability {name!r}{hint}")
 
     def try_resolve(self, name: str) -> str | None:

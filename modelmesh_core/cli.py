@@ -2,10 +2,13 @@
 
 Subcommands: ``serve`` (the OpenAI-compatible proxy), ``check`` (validate a config and print
 every problem with its path), ``route`` / ``explain`` (which model a name would get and why),
-``pools``, ``models``, ``plugins``, ``capabilities``, ``demo`` (a local run that needs no API
-key). Logging goes through loguru: quiet by default (warnings on stderr), ``-v`` for debug,
-``--log-json`` for one JSON object per line. Secrets are never printed: every log line passes
-through :func:`~modelmesh_core.redaction.redact`.
+``pools``, ``models``, ``plugins``, ``capabilities``, ``secrets`` (set, get, list, rm in the
+configured secret store), ``fake-upstream`` (a local fake OpenAI server to try things without
+keys), ``demo`` (a local run that needs no API key). Logging goes through loguru: quiet by
+default (warnings on stderr), ``-v`` for debug, ``--log-json`` for one JSON object per line
+(both accepted before or after the subcommand). Secrets are never logged: every log line
+passes through :func:`~modelmesh_core.redaction.redact`; ``secrets get`` prints the one value
+asked for.
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -114,8 +120,6 @@ async def _with_mesh(config: str | None, fn: Callable[[Any], Any]) -> Any:
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     """Run the proxy (optionally as several processes sharing the port)."""
     workers = max(1, args.workers)
-    if workers > 1 and not args.worker:
-        return _run_workers(args, workers, out)
     from .server import serve
 
     mesh = _mesh(args.config)
@@ -131,6 +135,9 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
             print(f"modelmesh: warning: listening on {bind} with no proxy.auth keys: anyone "
                   "who can reach this port can use your providers (the admin API stays "
                   "loopback-only)", file=sys.stderr, flush=True)
+        if workers > 1:
+            port = args.port if args.port is not None else cfg.port
+            return _run_workers(args, workers, bind, port, out)
     host = args.host
     port = args.port
 
@@ -148,12 +155,13 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _run_workers(args: argparse.Namespace, workers: int, out: TextIO) -> int:
+def _run_workers(args: argparse.Namespace, workers: int, host: str, port: int,
+                 out: TextIO) -> int:
     if not hasattr(socket, "SO_REUSEPORT"):
         logger.warning("SO_REUSEPORT is not available on this platform; running one worker")
         args.workers = 1
         return cmd_serve(args, out)
-    if args.port == 0:
+    if port == 0:
         print("error: --workers needs a fixed --port (the workers share it)", file=sys.stderr)
         return 2
     base = [sys.executable, "-m", "modelmesh_core.cli"]
@@ -169,8 +177,9 @@ def _run_workers(args: argparse.Namespace, workers: int, out: TextIO) -> int:
     if args.port is not None:
         base += ["--port", str(args.port)]
     children = [subprocess.Popen(base) for _ in range(workers)]
-    print(f"modelmesh: {workers} workers (pids {', '.join(str(c.pid) for c in children)})",
-          file=out, flush=True)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"modelmesh: serving on http://{shown}:{port} with {workers} workers "
+          f"(pids {', '.join(str(c.pid) for c in children)})", file=out, flush=True)
 
     def forward(signum: int, _frame: Any) -> None:
         for child in children:
@@ -305,10 +314,23 @@ def cmd_pools(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         _json({"pools": rows, "status": status}, out)
         return 0
+    if not rows:
+        _nothing_configured("pools", args.config)
+        return 0
     _table([(r["pool"], r["capability"] or "(explicit)", r["strategy"], r["mode"],
              ", ".join(r["models"])) for r in rows],
            ("POOL", "CAPABILITY", "STRATEGY", "MODE", "MODELS"), out)
     return 0
+
+
+def _nothing_configured(what: str, config: str | None) -> None:
+    source = _config_source(config)
+    where = (f"{source} configures no provider with models" if source else
+             "no config file was found and no provider was detected from the environment")
+    print(f"no {what}: {where}.\n"
+          "  - set OPENAI_API_KEY (or GROQ_API_KEY, MISTRAL_API_KEY, …), or pass --config FILE\n"
+          "  - to try ModelMesh without keys, run `modelmesh fake-upstream` and use the "
+          "config it prints", file=sys.stderr)
 
 
 def cmd_models(args: argparse.Namespace, out: TextIO) -> int:
@@ -324,6 +346,9 @@ def cmd_models(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         _json(rows, out)
         return 0
+    if not rows:
+        _nothing_configured("models", args.config)
+        return 0
     _table([(r["model"], r["provider"], r["upstream_id"], ", ".join(r["capabilities"]),
              r["context_window"], f"{r['pricing']['input']:g}/{r['pricing']['output']:g}")
             for r in rows],
@@ -331,21 +356,58 @@ def cmd_models(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+_REGISTRY_TABLES = ("providers", "strategies", "stages", "filters", "secret_stores", "storage",
+                   "sinks", "discovery", "middleware", "capabilities")
+
+
+def _registrations(registry: Any) -> dict[str, dict[str, list[str]]]:
+    """plugin name -> {kind: [connector ids]} (capability extensions by path)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for table in _REGISTRY_TABLES:
+        for key, spec in getattr(registry, table).items():
+            out.setdefault(spec.plugin, {}).setdefault(table.replace("_", " "), []).append(key)
+    return out
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:max(width - 1, 0)] + "…"
+
+
 def cmd_plugins(args: argparse.Namespace, out: TextIO) -> int:
-    """List loaded plugins: name, version, distribution, hooks, load status."""
+    """List loaded plugins: name, version, distribution, load status and what each registers."""
     def collect(mesh: Any) -> Any:
+        regs = _registrations(mesh.registry)
         return [{"name": r.name, "version": r.version, "distribution": r.distribution,
                  "source": r.source, "status": r.status, "hooks": list(r.hooks),
-                 "error": r.error} for r in mesh.registry.report]
+                 "registers": regs.get(r.name, {}), "error": r.error}
+                for r in mesh.registry.report]
 
     rows = asyncio.run(_with_mesh(args.config, collect))
     if args.json:
         _json(rows, out)
         return 0
-    _table([(r["name"], r["version"] or "-", r["distribution"] or "-", r["source"],
-             r["status"] + (f" ({r['error']})" if r["error"] else ""),
-             ", ".join(h.removeprefix("modelmesh_") for h in r["hooks"])) for r in rows],
-           ("PLUGIN", "VERSION", "DISTRIBUTION", "SOURCE", "STATUS", "HOOKS"), out)
+    cells = [[r["name"], r["version"] or "-", r["distribution"] or "-", r["source"]]
+             for r in rows]
+    used = sum(max(len(h), *(len(c[i]) for c in cells)) + 2
+               for i, h in enumerate(("PLUGIN", "VERSION", "DISTRIBUTION", "SOURCE")))
+    room = max(shutil.get_terminal_size((100, 24)).columns - used, 12)
+    for cell, r in zip(cells, rows, strict=True):
+        status = r["status"] + (f": {r['error']}" if r["error"] else "")
+        cell.append(_clip(status, room))
+    _table(cells, ("PLUGIN", "VERSION", "DISTRIBUTION", "SOURCE", "STATUS"), out)
+    print("\nregistered connectors:", file=out)
+    for r in rows:
+        if not r["registers"]:
+            continue
+        print(f"  {r['name']}", file=out)
+        for kind, names in r["registers"].items():
+            print(f"    {kind}: {', '.join(names)}", file=out)
+    failed = [r for r in rows if r["error"]]
+    if failed:
+        print("\nload errors:", file=out)
+        for r in failed:
+            print(f"  {r['name']} ({r['distribution'] or '?'}): {redact(r['error'])}", file=out)
     return 0
 
 
@@ -395,6 +457,80 @@ def _draw(node: Any, indent: str, out: TextIO) -> None:
             print(f"{indent}{'└── ' if i == len(node) - 1 else '├── '}{name}", file=out)
 
 
+def _read_secret_value(name: str) -> str:
+    """The value to store: typed at a hidden prompt, or read from a pipe (never argv, which
+    other users can see in the process list and the shell keeps in its history)."""
+    if sys.stdin is not None and sys.stdin.isatty():
+        value = getpass.getpass(f"value of {name}: ")
+    else:
+        value = (sys.stdin.read() if sys.stdin is not None else "").rstrip("\r\n")
+    return value
+
+
+def cmd_secrets(args: argparse.Namespace, out: TextIO) -> int:
+    """``secrets set | get | list | rm`` on the configured secret store."""
+    from .errors import did_you_mean
+    from .mesh import ModelMesh
+
+    store, connector = ModelMesh(_config_source(args.config)).open_secret_store()
+    action = args.secrets_command
+    lister = getattr(store, "list", None)
+    names: list[str] = lister() if callable(lister) else []
+    if action in ("set", "rm") and not callable(getattr(store, "set", None)):
+        print(f"error: the secret store {connector} is read-only; configure a writable one, "
+              "e.g.\n  secrets:\n    connector: modelmesh.encrypted-file.v1\n"
+              "    config: {path: ~/.config/modelmesh/secrets.enc}\n"
+              "(and set MODELMESH_SECRETS_KEY to a passphrase), or modelmesh.keyring.v1",
+              file=sys.stderr)
+        return 1
+    if action == "list":
+        if not callable(lister):
+            print(f"error: the secret store {connector} cannot list its secrets",
+                  file=sys.stderr)
+            return 1
+        if args.json:
+            _json(names, out)
+        else:
+            for name in names:
+                print(name, file=out)
+            if not names:
+                print(f"no secrets in {connector}", file=sys.stderr)
+        return 0
+    name = args.name
+    if action == "get":
+        value = store.get(name)
+        if value is None:
+            print(f"error: secret {name!r} is not set in {connector}"
+                  f"{did_you_mean(name, names)}", file=sys.stderr)
+            return 1
+        print(value, file=out)
+        return 0
+    if action == "set":
+        value = _read_secret_value(name)
+        if not value:
+            print("error: empty value; nothing stored", file=sys.stderr)
+            return 1
+        store.set(name, value)
+        print(f"stored {name} in {connector}", file=out)
+        return 0
+    try:
+        store.delete(name)
+    except KeyError:
+        print(f"error: secret {name!r} is not set in {connector}{did_you_mean(name, names)}",
+              file=sys.stderr)
+        return 1
+    print(f"removed {name} from {connector}", file=out)
+    return 0
+
+
+def cmd_fake_upstream(args: argparse.Namespace, out: TextIO) -> int:
+    """Run the fake OpenAI upstream until interrupted."""
+    from .fakeserver import run_fake_upstream
+
+    return run_fake_upstream(host=args.host, port=args.port, scenario=args.scenario,
+                             seed=args.seed, api_key=args.api_key, out=out)
+
+
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     """Run the self-contained demo (fake upstreams, proxy, openai SDK)."""
     from .demo import run_demo
@@ -413,11 +549,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog="modelmesh",
         description="ModelMesh: capability-driven AI model router with automatic failover.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log debug messages to stderr")
-    parser.add_argument("--log-json", action="store_true",
-                        help="log one JSON object per line (structured logs)")
+    def logging_args(p: argparse.ArgumentParser, default: Any) -> None:
+        # The subcommands accept the same flags; SUPPRESS keeps a flag given before the
+        # subcommand from being reset by the subparser's default.
+        p.add_argument("-v", "--verbose", action="count",
+                       default=0 if default is None else default,
+                       help="log debug messages to stderr")
+        p.add_argument("--log-json", action="store_true",
+                       default=False if default is None else default,
+                       help="log one JSON object per line (structured logs)")
+
+    logging_args(parser, None)
+    common = argparse.ArgumentParser(add_help=False)
+    logging_args(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
 
     def config_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("-c", "--config", default=None,
@@ -427,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     def json_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("serve", help="run the OpenAI-compatible proxy")
+    p = add("serve", help="run the OpenAI-compatible proxy")
     config_arg(p)
     p.add_argument("--host", default=None, help="bind address (default: proxy.host)")
     p.add_argument("--port", type=int, default=None, help="port (default: proxy.port)")
@@ -436,13 +584,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("check", help="validate a config; print every problem with its path")
+    p = add("check", help="validate a config; print every problem with its path")
     p.add_argument("config_file", metavar="CONFIG")
     p.set_defaults(func=cmd_check)
 
     for name, func, help_ in (("route", cmd_route, "show which model a name routes to"),
                               ("explain", cmd_explain, "explain a routing decision in detail")):
-        p = sub.add_parser(name, help=help_)
+        p = add(name, help=help_)
         p.add_argument("name", metavar="NAME",
                        help="pool, capability alias or path, or model id")
         config_arg(p)
@@ -456,18 +604,41 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, help_ in (("pools", cmd_pools, "list pools"),
                               ("models", cmd_models, "list models"),
                               ("plugins", cmd_plugins, "list plugins and their load status")):
-        p = sub.add_parser(name, help=help_)
+        p = add(name, help=help_)
         config_arg(p)
         json_arg(p)
         p.set_defaults(func=func)
 
-    p = sub.add_parser("capabilities", help="list, search or draw the capability tree")
+    p = add("capabilities", help="list, search or draw the capability tree")
     p.add_argument("--search", metavar="KW", default=None, help="search by keyword")
     p.add_argument("--tree", action="store_true", help="draw the tree")
     json_arg(p)
     p.set_defaults(func=cmd_capabilities)
 
-    p = sub.add_parser("demo", help="a local demo that needs no API key")
+    p = add("secrets", help="set, get, list or remove secrets in the configured "
+                                         "secret store")
+    config_arg(p)
+    secrets = p.add_subparsers(dest="secrets_command", metavar="ACTION", required=True)
+    for name, help_ in (("set", "store a secret (value from a hidden prompt or stdin)"),
+                        ("get", "print a secret's value"),
+                        ("list", "list secret names (never values)"),
+                        ("rm", "remove a secret")):
+        q = secrets.add_parser(name, help=help_, parents=[common])
+        if name != "list":
+            q.add_argument("name", metavar="NAME", help="secret name, as in ${secrets:NAME}")
+        else:
+            json_arg(q)
+        q.add_argument("-c", "--config", default=argparse.SUPPRESS,
+                       help="config file whose secrets section names the store")
+    p.set_defaults(func=cmd_secrets)
+
+    from .fakeserver import add_arguments
+
+    p = add("fake-upstream", help="run a local fake OpenAI server (no keys needed)")
+    add_arguments(p)
+    p.set_defaults(func=cmd_fake_upstream)
+
+    p = add("demo", help="a local demo that needs no API key")
     p.add_argument("--requests", type=int, default=300, help="requests to send (default 300)")
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     p.add_argument("--stream-ratio", type=float, default=0.25,
@@ -484,10 +655,13 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     args = parser.parse_args(argv)
     out = out or sys.stdout
     setup_logging(args.verbose, args.log_json)
-    from .errors import ConfigError, ModelMeshError
+    from .errors import ConfigError, ModelMeshError, PluginLoadWarning
 
     try:
-        return int(args.func(args, out) or 0)
+        with warnings.catch_warnings():
+            # the same message is logged to stderr above; don't print it twice
+            warnings.simplefilter("ignore", PluginLoadWarning)
+            return int(args.func(args, out) or 0)
     except ConfigError as exc:
         print("error: invalid configuration:", file=sys.stderr)
         for line in exc.errors:

@@ -9,7 +9,6 @@ own ``config:`` is structured into the type its plugin declares (``ProviderSpec.
 
 from __future__ import annotations
 
-import difflib
 import enum
 import os
 import re
@@ -23,7 +22,7 @@ import yaml
 from attrs import Factory, frozen
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 from .redaction import SecretStr, register_secret
 
 __all__ = [
@@ -120,7 +119,7 @@ class ConnectorRef:
 
 @frozen(kw_only=True)
 class RetryConfig:
-    """Retry and rotation policy of one request (SPEC §3.5)."""
+    """Retry and rotation policy of one request."""
 
     max_attempts: int = 4
     backoff: Backoff = Backoff.EXPONENTIAL_JITTER
@@ -383,7 +382,7 @@ class ProxyConfig:
 
 @frozen(kw_only=True)
 class MeshConfig:
-    """The whole configuration (SPEC §6)."""
+    """The whole configuration (every section is documented in docs/config.md)."""
 
     secrets: ConnectorRef = ConnectorRef(connector="modelmesh.env.v1")
     providers: Mapping[str, ProviderConfig] = Factory(dict)
@@ -475,9 +474,7 @@ def _format_exception(exc: BaseException, tp: type | None) -> str:
         known = [a.name for a in attrs.fields(exc.cl)] if attrs.has(exc.cl) else []
         parts = []
         for key in sorted(exc.extra_fields):
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            parts.append(f"\x00{key}\x01unknown key{hint}")
+            parts.append(f"\x00{key}\x01unknown key{did_you_mean(key, known)}")
         return "\x02".join(parts)
     if isinstance(exc, KeyError):
         return "required key is missing"
@@ -613,8 +610,15 @@ def interpolate(
     return data
 
 
+# Settings of the built-in secret stores that name things rather than hold secrets: masking
+# them would turn "set $MODELMESH_SECRETS_KEY" into "set $***" in the very error that says so.
+_PLAIN_SECRET_SETTINGS = frozenset(
+    {"path", "prefix", "key_env", "keyring_service", "keyring_backend", "service", "backend"})
+
+
 def _mask_secret_section(section: Any) -> Any:
-    """The ``secrets`` section with every value under ``config`` masked (it may hold keys)."""
+    """The ``secrets`` section with every value under ``config`` masked (it may hold keys),
+    except the built-in stores' settings that only name a file, a variable or a service."""
     if not isinstance(section, Mapping) or not isinstance(section.get("config"), Mapping):
         return section
 
@@ -628,7 +632,9 @@ def _mask_secret_section(section: Any) -> Any:
             return [mask(v) for v in value]
         return value
 
-    return {**section, "config": mask(section["config"])}
+    config = {k: v if k in _PLAIN_SECRET_SETTINGS and isinstance(v, str) else mask(v)
+              for k, v in section["config"].items()}
+    return {**section, "config": config}
 
 
 def read_source(source: str | os.PathLike[str] | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -713,9 +719,7 @@ def structure_sections(
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if not isinstance(key, str) or key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            errors.append(f"{key}: unknown key{hint}")
+            errors.append(f"{key}: unknown key{did_you_mean(str(key), fields)}")
             continue
         if value is None:
             continue

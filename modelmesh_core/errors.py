@@ -7,7 +7,8 @@ in a message: provider adapters pass upstream error text through :func:`redact` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 __all__ = [
@@ -21,12 +22,25 @@ __all__ = [
     "ModelMeshError",
     "NoActiveModelError",
     "PluginError",
+    "PluginLoadWarning",
     "ProviderError",
     "ProviderTimeoutError",
     "RateLimitError",
     "RoutingError",
     "StreamInterruptedError",
+    "did_you_mean",
 ]
+
+
+def did_you_mean(word: str, options: Iterable[str], n: int = 1) -> str:
+    """The one wording of every "did you mean" hint: ``" (did you mean 'x'?)"``, with up to
+    ``n`` close matches (``'a', 'b' or 'c'``), or ``""`` when nothing is close."""
+    close = difflib.get_close_matches(word, list(options), n=n)
+    if not close:
+        return ""
+    quoted = [repr(c) for c in close]
+    listed = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+    return f" (did you mean {listed}?)"
 
 
 class ModelMeshError(Exception):
@@ -49,6 +63,11 @@ class ConfigError(ModelMeshError):
 
 class PluginError(ModelMeshError):
     """A plugin failed to load, conflicts with another plugin, or registered an invalid record."""
+
+
+class PluginLoadWarning(UserWarning):
+    """An installed plugin failed to load and was skipped (issued through :mod:`warnings`, so
+    an application embedding ModelMesh sees it without enabling ModelMesh's logger)."""
 
 
 class RoutingError(ModelMeshError):

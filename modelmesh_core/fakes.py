@@ -1210,3 +1210,11 @@ class _Completion:
                 "choices": [],
                 "usage": self.usage,
             }
+
+
+if __name__ == "__main__":  # python -m modelmesh_core.fakes: run it from the shell
+    import sys
+
+    from .fakeserver import main
+
+    sys.exit(main())

@@ -10,7 +10,6 @@ providers, models, pools, filters, stages, pipeline, router.
 from __future__ import annotations
 
 import asyncio
-import difflib
 import inspect
 import os
 import random
@@ -45,6 +44,7 @@ from .errors import (
     ConfigError,
     PluginError,
     ProviderError,
+    did_you_mean,
 )
 from .events import EventEmitter, EventType
 from .observability import RequestLogger
@@ -78,8 +78,7 @@ T = TypeVar("T")
 
 
 def _hint(name: str, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return did_you_mean(name, options)
 
 
 def _timeouts(cfg: TimeoutConfig) -> Timeouts:
@@ -143,7 +142,7 @@ class _LoopThread:
 
 
 class ModelMesh:
-    """The ModelMesh library facade (SPEC §5).
+    """The ModelMesh library facade.
 
     Example::
 
@@ -566,6 +565,37 @@ class ModelMesh:
         builder.broken = broken
         return builder.build()
 
+    def open_secret_store(self) -> tuple[Any, str]:
+        """The configured secret store and its connector id, built on its own.
+
+        Only the ``plugins`` and ``secrets`` sections are read, so this works while the rest
+        of the configuration still refers to secrets that are not set (``modelmesh secrets
+        set`` is how they get set). Raises :class:`ConfigError`.
+        """
+        errors: list[str] = []
+        if isinstance(self._source, MeshConfig):
+            plugins_cfg, ref = self._source.plugins, self._source.secrets
+        else:
+            raw = read_source(self._source)
+            plugins_cfg, errs = structure(raw.get("plugins") or {}, PluginsConfig, "plugins")
+            errors.extend(errs)
+            secrets_raw = raw.get("secrets")
+            ref, errs = (structure(secrets_raw, ConnectorRef, "secrets") if secrets_raw
+                         else (ConnectorRef(connector="modelmesh.env.v1"), []))
+            errors.extend(errs)
+            if errors:
+                raise ConfigError(errors)
+        entry_points = (self._entry_points if self._entry_points is not None
+                        else plugins_cfg.entry_points)
+        pm, report = load_plugins(extra=self._extra, entry_points=entry_points,
+                                  blocked=plugins_cfg.block, required=plugins_cfg.require,
+                                  strict=self._strict if self._strict is not None
+                                  else plugins_cfg.strict)
+        store = self._secret_store(PluginRegistry.from_manager(pm, report), ref, errors)
+        if errors or store is None:
+            raise ConfigError(errors)
+        return store, ref.connector
+
     def _secret_store(self, registry: PluginRegistry, ref: ConnectorRef,
                       errors: list[str]) -> Any:
         spec = registry.secret_stores.get(ref.connector)
@@ -752,9 +782,9 @@ class _Builder:
                 extra = ""
                 if not hint:
                     vendor = pc.connector.split(".", 1)[0]
-                    extra = (f"; is the plugin installed (pip install modelmesh-{vendor})?")
+                    extra = f"; is the plugin installed (pip install modelmesh-{vendor})?"
                 self.err(f"{path}.connector", f"unknown provider connector {pc.connector!r}"
-                         f"{hint}{extra} installed: {', '.join(sorted(reg.providers)) or 'none'}")
+                         f"{hint}{extra}; installed: {', '.join(sorted(reg.providers)) or 'none'}")
                 continue
             conf = self.plugin_config(pc.config, spec.config_type, f"{path}.config")
             specs[name] = spec
@@ -825,6 +855,11 @@ class _Builder:
                     self.err(f"{path}.provider" if mc.provider else path,
                              f"unknown provider {provider!r}{_hint(provider, cfg.providers)}; "
                              f"providers: {', '.join(sorted(cfg.providers)) or 'none'}")
+                elif mc.capabilities is not None:
+                    # The provider is configured but its connector is unknown or broken (that
+                    # is reported there): still check what the model says of itself, so one
+                    # mistake does not hide another.
+                    self._capabilities(tree, mc.capabilities, None, f"{path}.capabilities")
                 continue
             if "." not in mid and not mc.upstream_id:
                 self.err(path, "a model id is <provider>.<model-name> (or set upstream_id)")

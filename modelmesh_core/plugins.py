@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ from attrs import define, frozen
 
 from . import hookspecs
 from ._log import logger
-from .errors import PluginError
+from .errors import PluginError, PluginLoadWarning
 from .types import (
     CapabilitySpec,
     DiscoverySpec,
@@ -140,15 +141,21 @@ def load_plugins(
 
     def fail(record: PluginLoadRecord) -> None:
         report.append(record)
-        logger.warning(
-            "plugin {} ({}) failed to load: {}",
-            record.name, record.distribution or "?", record.error,
-        )
         if strict:
             raise PluginError(
                 f"plugin {record.name!r} from distribution {record.distribution or '?'!r} "
                 f"failed to load: {record.error}"
             )
+        logger.warning(
+            "plugin {} ({}) failed to load: {}",
+            record.name, record.distribution or "?", record.error,
+        )
+        # loguru is disabled inside a library; an embedding application hears of it the
+        # standard way (and can turn it into an error or silence it with a warnings filter)
+        warnings.warn(
+            f"ModelMesh plugin {record.name!r} (distribution {record.distribution or '?'}) "
+            f"failed to load and was skipped: {record.error}",
+            PluginLoadWarning, stacklevel=3)
 
     for modname in DEFAULT_PLUGINS:
         module = importlib.import_module(modname)

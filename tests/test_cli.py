@@ -251,3 +251,4 @@ def test_serve_and_sigterm(good: Path, workers: int) -> None:
             proc.communicate()
     assert proc.returncode == 0, err
     assert SECRET not in out + err
+    assert f"http://127.0.0.1:{port}" in out  # the address, with one worker or several

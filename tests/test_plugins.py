@@ -17,6 +17,7 @@ from modelmesh_core import (
     ModelMesh,
     PipelineRequest,
     PluginError,
+    PluginLoadWarning,
     StageSpec,
     StrategySpec,
     hookimpl,
@@ -59,8 +60,17 @@ def mesh_config(**plugins: Any) -> dict[str, Any]:
 
 
 def test_load_report_records_every_entry_point(fakedist: Path) -> None:
-    pm, report = load_plugins(blocked=["dupe"], strict=False)
+    with pytest.warns(PluginLoadWarning) as caught:
+        pm, report = load_plugins(blocked=["dupe"], strict=False)
     by_name = records(report)
+    # An embedding application hears of each failure through the warnings module.
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 2
+    assert messages[0].startswith("ModelMesh plugin 'badhook' (distribution mm-fake-good) "
+                                  "failed to load and was skipped: invalid hooks:")
+    assert messages[1].startswith("ModelMesh plugin 'broken' (distribution mm-fake-good) "
+                                  "failed to load and was skipped: import failed:")
+    assert all(w.filename == __file__ for w in caught)  # points at the caller
 
     good = by_name["good"]
     assert (good.status, good.source) == ("loaded", "entrypoint")
@@ -91,7 +101,8 @@ def test_load_report_records_every_entry_point(fakedist: Path) -> None:
 
 
 def test_builtins_are_registered_before_entry_points(fakedist: Path) -> None:
-    pm, report = load_plugins(blocked=["dupe"], strict=False)
+    with pytest.warns(PluginLoadWarning):
+        pm, report = load_plugins(blocked=["dupe"], strict=False)
     sources = [r.source for r in report]
     first_ep = sources.index("entrypoint")
     assert all(s == "builtin" for s in sources[:first_ep])
@@ -108,7 +119,9 @@ async def test_broken_plugins_warn_and_the_mesh_goes_on(
 ) -> None:
     cfg = mesh_config(block=["dupe"])
     cfg["pools"] = {"chat": {"capability": "chat-completion", "strategy": "fake-first"}}
-    mesh = await make_mesh(cfg, plugins=[MockPlugin()])
+    with pytest.warns(PluginLoadWarning) as caught:
+        mesh = await make_mesh(cfg, plugins=[MockPlugin()])
+    assert {str(w.message).split("'")[1] for w in caught} == {"broken", "badhook"}
     by_name = records(mesh.registry.report)
     assert by_name["broken"].status == "failed"
     assert by_name["badhook"].status == "failed"
@@ -139,7 +152,8 @@ def test_strict_mode_from_the_environment(
     with pytest.raises(PluginError, match="mm-fake-good"):
         load_plugins(blocked=["dupe"])
     # The explicit argument wins over the environment.
-    _, report = load_plugins(blocked=["dupe"], strict=False)
+    with pytest.warns(PluginLoadWarning):
+        _, report = load_plugins(blocked=["dupe"], strict=False)
     assert records(report)["broken"].status == "failed"
 
 
@@ -158,7 +172,7 @@ async def test_strict_mode_from_env_and_config_in_a_mesh(
 async def test_a_required_plugin_that_failed_is_a_hard_error(fakedist: Path) -> None:
     mesh = ModelMesh(mesh_config(block=["dupe"], require=["good", "broken"]),
                      plugins=[MockPlugin()])
-    with pytest.raises(PluginError) as exc:
+    with pytest.raises(PluginError) as exc, pytest.warns(PluginLoadWarning):
         await mesh.initialize()
     message = str(exc.value)
     assert "broken" in message
@@ -167,7 +181,8 @@ async def test_a_required_plugin_that_failed_is_a_hard_error(fakedist: Path) -> 
 
 
 def test_a_required_plugin_that_is_not_installed_is_a_hard_error(fakedist: Path) -> None:
-    with pytest.raises(PluginError, match="nothere: not installed"):
+    with pytest.raises(PluginError, match="nothere: not installed"), \
+            pytest.warns(PluginLoadWarning):
         load_plugins(blocked=["dupe"], required=["nothere"], strict=False)
 
 

@@ -395,7 +395,8 @@ async def test_preferred_provider_and_session_stickiness(fake_upstream, make_mes
 async def test_unknown_name_and_no_active_model(fake_upstream, make_mesh):
     a = await fake_upstream()
     mesh = await make_mesh(openai_config([("a", a)]))
-    with pytest.raises(CapabilityNotFoundError, match="did you mean chat"):
+    with pytest.raises(CapabilityNotFoundError,
+                       match=r"unknown model, pool or capability 'chta' \(did you mean 'chat'"):
         await mesh.router.complete("chta", req())
     mesh.deactivate("a.gpt-4o-mini")
     with pytest.raises(NoActiveModelError) as info:

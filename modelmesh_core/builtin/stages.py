@@ -12,12 +12,11 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from typing import Any
 
 from ..config import RetryScope
-from ..errors import CapabilityNotFoundError
+from ..errors import CapabilityNotFoundError, did_you_mean
 from ..hookspecs import hookimpl
 from ..pipeline import PipelineStage
 from ..pools import CandidateFilter, CapabilityPool, Services
@@ -68,8 +67,7 @@ class CapabilityResolverStage(PipelineStage):
         path = s.capabilities.try_resolve(name)
         if path is None:
             known = [*s.pools, *s.models]
-            close = difflib.get_close_matches(name, [*known, *s.capabilities.aliases()], n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            hint = did_you_mean(name, [*known, *s.capabilities.aliases()], n=3)
             listing = ", ".join(sorted(s.pools)) or "(none)"
             raise CapabilityNotFoundError(
                 f"unknown model, pool or capability {name!r}{hint} (pools: {listing})"
