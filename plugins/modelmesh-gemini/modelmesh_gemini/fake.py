@@ -780,6 +780,7 @@ class FakeGemini:
         embedding_dim: vector size when the request gives no ``outputDimensionality``.
         default: the behaviour when the script queue is empty (default ``Reply()``).
         sse_newline: the line end of the event stream (Google sends ``"\\r\\n"``).
+        max_page_size: the largest ``pageSize`` the model list honours (Google caps it at 1000).
         host / port: where to listen; port 0 picks a free port.
 
     Attributes:
@@ -795,6 +796,7 @@ class FakeGemini:
         embedding_dim: int = 16,
         default: GeminiBehaviour | None = None,
         sse_newline: str = "\r\n",
+        max_page_size: int = 1000,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -805,6 +807,7 @@ class FakeGemini:
         self.default: GeminiBehaviour = self._initial_default
         self.calls: list[GeminiCall] = []
         self._eol = sse_newline.encode()
+        self.max_page_size = max_page_size
         self._host = host
         self._port = port
         self._queue: deque[GeminiBehaviour] = deque()
@@ -1040,7 +1043,7 @@ class FakeGemini:
         if isinstance(behaviour, Canned) and behaviour.body is not None:
             return web.json_response(dict(behaviour.body), dumps=lambda v: _dumps(v).decode())
         names = list(self.models or DEFAULT_GEMINI_MODELS)
-        size = int(request.query.get("pageSize") or 50)
+        size = min(int(request.query.get("pageSize") or 50), self.max_page_size)
         start = int(request.query.get("pageToken") or 0)
         page = names[start : start + size]
         data: dict[str, Any] = {
