@@ -30,7 +30,7 @@ from modelmesh_gemini.fake import (
 )
 
 QUESTION = "Which theaters in Mountain View show Barbie movie?"
-THEATERS_TOOL = {
+THEATERS_TOOL: Any = {
     "type": "function",
     "function": {
         "name": "find_theaters",
@@ -115,7 +115,7 @@ async def test_tool_calling_round_trip_through_the_router(make_mesh, gemini_upst
         "chat", req({"role": "user", "content": QUESTION}, tools=[THEATERS_TOOL]))
     assert first.finish_reason == "tool_calls"
     (call,) = first.tool_calls
-    messages = [
+    messages: list[Any] = [
         {"role": "user", "content": QUESTION},
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": call.id, "type": "function",
@@ -167,8 +167,9 @@ async def test_tool_calling_round_trip_through_the_proxy_with_openai_sdk(
         if stream:
             calls: dict[int, dict[str, str]] = {}
             finish = None
-            async for chunk in await client.chat.completions.create(
-                    model="chat", messages=messages, tools=[THEATERS_TOOL], stream=True):
+            chunks: Any = await client.chat.completions.create(
+                model="chat", messages=messages, tools=[THEATERS_TOOL], stream=True)
+            async for chunk in chunks:
                 for choice in chunk.choices:
                     finish = choice.finish_reason or finish
                     for delta in choice.delta.tool_calls or ():
@@ -181,7 +182,7 @@ async def test_tool_calling_round_trip_through_the_proxy_with_openai_sdk(
                                  "args": '{"location":"Mountain View, CA","movie":"Barbie"}'}}
             call_id, name, args = calls[0]["id"], calls[0]["name"], calls[0]["args"]
         else:
-            out = await client.chat.completions.create(
+            out: Any = await client.chat.completions.create(
                 model="chat", messages=messages, tools=[THEATERS_TOOL])
             assert out.choices[0].finish_reason == "tool_calls"
             tc = out.choices[0].message.tool_calls[0]
