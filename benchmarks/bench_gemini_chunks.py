@@ -206,12 +206,12 @@ async def over_http(args: argparse.Namespace, urls: dict[str, str]) -> dict[str,
 def in_process(args: argparse.Namespace) -> dict[str, Any]:
     """Translation only: pre-built event bytes through each adapter's per-event code."""
     from modelmesh_gemini._adapter import _Stream
-    from modelmesh_gemini.fake import _Answer
+    from modelmesh_gemini.fake._answer import Answer
 
     from modelmesh_core.fakes import Reply
 
     text = " ".join(f"word{i}" for i in range(args.words))
-    gemini_events = [orjson.dumps(e) for e in _Answer(
+    gemini_events = [orjson.dumps(e) for e in Answer(
         {"contents": [{"parts": [{"text": "hi"}]}]}, Reply(text), MODEL_GEMINI, 1).events()]
     openai_events = [
         orjson.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk",
