@@ -205,7 +205,7 @@ async def over_http(args: argparse.Namespace, urls: dict[str, str]) -> dict[str,
 
 def in_process(args: argparse.Namespace) -> dict[str, Any]:
     """Translation only: pre-built event bytes through each adapter's per-event code."""
-    from modelmesh_gemini._adapter import _Stream
+    from modelmesh_gemini._stream import AnswerState
     from modelmesh_gemini.fake._answer import Answer
 
     from modelmesh_core.fakes import Reply
@@ -230,7 +230,7 @@ def in_process(args: argparse.Namespace) -> dict[str, Any]:
             loads = orjson.loads
 
             def gemini_translate() -> None:
-                state = _Stream("bench", "bench.m", 0.0)
+                state = AnswerState("bench", "bench.m", 0.0)
                 for raw in gemini_events:
                     state.event(loads(raw), 1.0)
 
