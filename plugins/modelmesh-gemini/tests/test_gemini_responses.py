@@ -114,11 +114,10 @@ async def test_thought_parts_are_not_content(adapter, fake) -> None:
 
 @pytest.mark.parametrize("newline", ["\r\n", "\n"])
 async def test_stream_translation(newline, context, gemini_upstream) -> None:
-    from modelmesh_gemini import GeminiConfig, modelmesh_providers
+    from modelmesh_gemini import GeminiAdapter, GeminiConfig
 
     upstream = await gemini_upstream(sse_newline=newline)
-    adapter = modelmesh_providers()[0].factory(
-        context, GeminiConfig(base_url=upstream.base_url, api_key=KEY))
+    adapter = GeminiAdapter(context, GeminiConfig(base_url=upstream.base_url, api_key=KEY))
     upstream.script(Reply("Hello there, friend.", usage={
         "cachedContentTokenCount": 2, "thoughtsTokenCount": 3}))
     chunks = await collect(adapter, req())
