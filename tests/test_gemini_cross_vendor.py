@@ -18,7 +18,7 @@ from modelmesh_core.server import create_app
 
 GEMINI_KEY = "AIzaSyTEST-cross-vendor-000000000000000"
 OPENAI_KEY = "sk-test-0000000000"
-HI = [{"role": "user", "content": "hello"}]
+HI: Any = [{"role": "user", "content": "hello"}]
 
 
 def config(gemini: FakeGemini, oai: FakeUpstream, first: str) -> dict[str, Any]:
@@ -101,7 +101,7 @@ async def test_through_the_proxy_with_the_openai_sdk(upstreams, stream) -> None:
             text = "".join(c.choices[0].delta.content or "" for c in parts if c.choices)
             model = parts[0].model
         else:
-            out = await client.chat.completions.create(model="chat", messages=HI)
+            out: Any = await client.chat.completions.create(model="chat", messages=HI)
             text, model = out.choices[0].message.content, out.model
     finally:
         await client.close()
