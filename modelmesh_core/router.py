@@ -462,6 +462,11 @@ class Router:
                 splice.complete()
             except (asyncio.CancelledError, GeneratorExit):
                 total_cost += self._abandoned(loop, splice)
+                if last is not None:
+                    # What the abandoned stream cost, for a consumer that bills it (the proxy's
+                    # virtual keys).
+                    last.metadata["cost"] = total_cost
+                    last.metadata["cancelled"] = True
                 raise
             except SpliceMismatch as why:
                 # The restarted answer cannot be spliced: end cleanly, naming the first break.
