@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "ContentFilterError",
     "ContextLengthError",
+    "InvalidRequestError",
     "ModelMeshError",
     "NoActiveModelError",
     "PluginError",
@@ -49,6 +50,22 @@ class ConfigError(ModelMeshError):
 
 class PluginError(ModelMeshError):
     """A plugin failed to load, conflicts with another plugin, or registered an invalid record."""
+
+
+class InvalidRequestError(ModelMeshError):
+    """The caller's request cannot be sent as it is (too deeply nested, not encodable, …).
+
+    Raised by adapters while building the upstream body, before anything is sent; the router
+    passes it to the caller unchanged: it says nothing about the model's health, so it is
+    never recorded against the model and never moves the request to another candidate.
+    ``param`` names the offending field when known; ``status`` is 400.
+    """
+
+    status = 400
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class RoutingError(ModelMeshError):

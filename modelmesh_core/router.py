@@ -30,6 +30,7 @@ from .errors import (
     CapabilityNotFoundError,
     ContentFilterError,
     ContextLengthError,
+    InvalidRequestError,
     NoActiveModelError,
     ProviderError,
     ProviderTimeoutError,
@@ -584,6 +585,9 @@ class Router:
             except asyncio.CancelledError:
                 st.trial_in_flight = False
                 raise
+            except InvalidRequestError:
+                st.trial_in_flight = False  # the caller's request, not the model: no record
+                raise
             except Exception as raw:
                 upstream += perf_counter() - ts
                 exc = self._as_provider_error(raw, model)
@@ -740,6 +744,9 @@ class Router:
                 raise
             except GeneratorExit:
                 st.trial_in_flight = False
+                raise
+            except InvalidRequestError:
+                st.trial_in_flight = False  # the caller's request, not the model: no record
                 raise
             except Exception as raw:
                 exc = self._as_provider_error(raw, model)
