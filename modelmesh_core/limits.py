@@ -19,6 +19,7 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_NAME_LENGTH",
     "OversizeReason",
+    "cannot_be_too_deep",
     "clip",
     "too_deep",
 ]
@@ -36,6 +37,13 @@ MAX_ECHO_CHARS = 120
 def clip(text: str, limit: int = MAX_ECHO_CHARS) -> str:
     """``text`` cut to ``limit`` characters (with an ellipsis) for echoing in a message."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def cannot_be_too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether JSON text ``raw`` surely nests no deeper than ``limit`` (it opens no more
+    containers than that in all): two C-speed counts that spare :func:`too_deep`'s walk for
+    nearly every request."""
+    return raw.count(b"{") + raw.count(b"[") <= limit
 
 
 def too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> str | None:

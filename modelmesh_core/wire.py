@@ -219,13 +219,13 @@ def _object(body: Mapping[str, Any], name: str) -> dict[str, Any] | None:
     return value
 
 
-def _require_object(body: Any) -> dict[str, Any]:
+def _require_object(body: Any, shallow: bool = False) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise WireError(
             f"The request body must be a JSON object, not {_type_name(body)}.",
             code="invalid_body",
         )
-    deep = too_deep(body)
+    deep = None if shallow else too_deep(body)
     if deep is not None:
         raise WireError(
             f"The request body nests objects and arrays more than {MAX_JSON_DEPTH} levels "
@@ -354,7 +354,7 @@ _CHAT_CONSUMED = frozenset(
 )
 
 
-def parse_chat_request(body: Any) -> tuple[str, CompletionRequest]:
+def parse_chat_request(body: Any, *, shallow: bool = False) -> tuple[str, CompletionRequest]:
     """Validate a ``/v1/chat/completions`` body and build the request.
 
     Returns ``(model, request)`` where ``model`` is the name the caller asked for (a pool,
@@ -366,8 +366,11 @@ def parse_chat_request(body: Any) -> tuple[str, CompletionRequest]:
     ``stream_options`` (read it back with :func:`include_usage`).
 
     Raises :class:`WireError` (status 400) naming the field on the first problem found.
+    ``shallow=True`` says the caller already knows the body nests no deeper than
+    :data:`~modelmesh_core.limits.MAX_JSON_DEPTH` (see
+    :func:`~modelmesh_core.limits.cannot_be_too_deep`).
     """
-    body = _require_object(body)
+    body = _require_object(body, shallow)
     model = _model(body)
     messages = _messages(body)
     temperature = _common_sampling(body)
@@ -412,14 +415,14 @@ def include_usage(request: CompletionRequest) -> bool:
 _LEGACY_CONSUMED = frozenset({"model", "prompt", "temperature", "max_tokens", "stream"})
 
 
-def parse_completion_request(body: Any) -> tuple[str, CompletionRequest]:
+def parse_completion_request(body: Any, *, shallow: bool = False) -> tuple[str, CompletionRequest]:
     """Validate a legacy ``/v1/completions`` body; the prompt becomes one user message.
 
     ``prompt`` must be a string (or an array holding exactly one string); token arrays,
     ``echo``, ``suffix``, ``best_of`` > 1 and integer ``logprobs`` have no chat equivalent
     and are refused with a 400 naming the field.
     """
-    body = _require_object(body)
+    body = _require_object(body, shallow)
     model = _model(body)
     if "prompt" not in body or body["prompt"] is None:
         raise WireError("Missing required parameter: 'prompt'.", param="prompt",
@@ -468,7 +471,7 @@ def parse_completion_request(body: Any) -> tuple[str, CompletionRequest]:
     )
 
 
-def parse_embeddings_request(body: Any) -> tuple[str, EmbeddingRequest]:
+def parse_embeddings_request(body: Any, *, shallow: bool = False) -> tuple[str, EmbeddingRequest]:
     """Validate a ``/v1/embeddings`` body.
 
     ``input`` is a non-empty string or a non-empty array of non-empty strings.
@@ -477,7 +480,7 @@ def parse_embeddings_request(body: Any) -> tuple[str, EmbeddingRequest]:
     ``request.metadata["encoding_format"]``. ``dimensions`` and ``user`` pass through in
     ``extra``.
     """
-    body = _require_object(body)
+    body = _require_object(body, shallow)
     model = _model(body)
     if "input" not in body or body["input"] is None:
         raise WireError("Missing required parameter: 'input'.", param="input",

@@ -22,7 +22,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from .._log import logger
 from ..config import ProxyConfig
 from ..errors import CapabilityNotFoundError, ConfigError, ModelMeshError
-from ..limits import MAX_NAME_LENGTH, clip
+from ..limits import MAX_NAME_LENGTH, cannot_be_too_deep, clip
 from ..types import CompletionRequest, RoutingOptions
 from ..wire import (
     WireError,
@@ -58,6 +58,9 @@ _SSE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 _POOL_CACHE_LIMIT = 4096
+
+SHALLOW: web.RequestKey[bool] = web.RequestKey("modelmesh_shallow_body", bool)
+"""Set by :meth:`ProxyServer.read_json`: the body surely nests within the depth limit."""
 
 
 class ProxyServer:
@@ -238,10 +241,12 @@ class ProxyServer:
             raise WireError("The request body is empty; send a JSON object.",
                             code="invalid_body")
         try:
-            return loads(raw)
+            body = loads(raw)
         except ValueError as exc:
             raise WireError(f"The request body is not valid JSON: {clip(str(exc))}.",
                             code="invalid_json") from None
+        request[SHALLOW] = cannot_be_too_deep(raw)
+        return body
 
     def options(self, request: web.Request, key: KeyState | None) -> RoutingOptions:
         """Routing hints from the request headers (bounded: an unknown preferred provider is
@@ -296,7 +301,7 @@ class ProxyServer:
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/chat/completions``."""
         key, body = await self._admit(request)
-        name, creq = parse_chat_request(body)
+        name, creq = parse_chat_request(body, shallow=request[SHALLOW])
         options = self.options(request, key)
         if key is not None and key.pools is not None:
             await self.authorize_pool(key, name, options)
@@ -311,7 +316,7 @@ class ProxyServer:
     async def completions(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/completions`` (legacy text completions over the chat router)."""
         key, body = await self._admit(request)
-        name, creq = parse_completion_request(body)
+        name, creq = parse_completion_request(body, shallow=request[SHALLOW])
         options = self.options(request, key)
         if key is not None and key.pools is not None:
             await self.authorize_pool(key, name, options)
@@ -327,7 +332,7 @@ class ProxyServer:
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/embeddings`` (charged to the key like chat, from the model's prices)."""
         key, body = await self._admit(request)
-        name, ereq = parse_embeddings_request(body)
+        name, ereq = parse_embeddings_request(body, shallow=request[SHALLOW])
         options = self.options(request, key)
         if key is not None and key.pools is not None:
             await self.authorize_pool(key, name, options)
