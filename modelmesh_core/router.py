@@ -24,7 +24,12 @@ from attrs import define
 
 from .attempts import AttemptLoop, as_provider_error
 from .budget import BudgetTracker
-from .errors import CapabilityNotFoundError, NoActiveModelError, ProviderError
+from .errors import (
+    CapabilityNotFoundError,
+    InvalidRequestError,
+    NoActiveModelError,
+    ProviderError,
+)
 from .events import EventEmitter, EventType
 from .observability import RequestLogger, Tracer
 from .pipeline import RoutingPipeline
@@ -382,6 +387,9 @@ class Router:
             except asyncio.CancelledError:
                 loop.release()
                 raise
+            except InvalidRequestError:
+                loop.release()  # the caller's request, not the model: no record
+                raise
             except Exception as exc:
                 await loop.failed(exc)
                 continue
@@ -467,6 +475,9 @@ class Router:
                     # virtual keys).
                     last.metadata["cost"] = total_cost
                     last.metadata["cancelled"] = True
+                raise
+            except InvalidRequestError:
+                loop.release()  # the caller's request, not the model: no record
                 raise
             except SpliceMismatch as why:
                 # The restarted answer cannot be spliced: end cleanly, naming the first break.
