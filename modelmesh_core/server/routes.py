@@ -409,8 +409,12 @@ class ProxyServer:
             resp = web.StreamResponse(status=200, headers=headers)
             await resp.prepare(request)
             encoder = StreamEncoder(first, include_usage=include_usage(creq), legacy=legacy)
-            if await _relay(resp, encoder, first, agen):
-                # The router puts the stream's cost on its last chunk once it has finished.
+            try:
+                await _relay(resp, encoder, first, agen)
+            finally:
+                # However the stream ended (complete, broken, or the client gone), the router
+                # leaves what it cost on its last chunk once the generator is closed.
+                await agen.aclose()  # type: ignore[attr-defined]
                 self._charge(key, encoder.cost)
             return resp
         raise ClientGone  # pragma: no cover - the exit stack never swallows

@@ -102,15 +102,38 @@ class StreamEncoder:
         obj = self.encode(chunk)
         return None if obj is None else frame(obj)
 
+    def served_by(self) -> dict[str, Any] | None:
+        """For a stream the router continued on other models after a break: which model
+        served which part (``{"continuations", "segments": [{model, provider, mode, chars,
+        outcome, cost}]}``), else None."""
+        md = self.last.metadata
+        segments = md.get("segments")
+        if not segments:
+            return None
+        keep = ("model", "provider", "mode", "chars", "outcome", "cost")
+        return {"continuations": md.get("continuations", len(segments) - 1),
+                "segments": [{k: s[k] for k in keep if k in s} for s in segments]}
+
     def closing(self) -> dict[str, Any] | None:
-        """The final usage chunk when the caller asked for one (``include_usage``)."""
+        """The final usage chunk when the caller asked for one (``include_usage``); for a
+        continued stream it also carries ``x_modelmesh`` (see :meth:`served_by`)."""
         if not self.include_usage:
             return None
-        return usage_chunk_dict(self.usage, id=self.id, created=self.created, model=self.model,
-                                object="text_completion" if self.legacy
-                                else "chat.completion.chunk")
+        obj = usage_chunk_dict(self.usage, id=self.id, created=self.created, model=self.model,
+                               object="text_completion" if self.legacy
+                               else "chat.completion.chunk")
+        served = self.served_by()
+        if served is not None:
+            obj["x_modelmesh"] = served
+        return obj
 
     def closing_frames(self) -> bytes:
-        """The usage frame (when asked for) and ``data: [DONE]``."""
+        """The usage frame (when asked for) and ``data: [DONE]``. A continued stream without
+        a usage frame says who served it in an SSE comment (ignored by SSE clients)."""
         obj = self.closing()
-        return DONE if obj is None else frame(obj) + DONE
+        if obj is not None:
+            return frame(obj) + DONE
+        served = self.served_by()
+        if served is not None:
+            return b": x-modelmesh " + dumps(served) + b"\n\n" + DONE
+        return DONE
