@@ -548,6 +548,19 @@ async def test_admin_api_is_off_without_a_key_and_guarded_when_open(
             async with s.get(proxy.url + "/admin/keys",
                              headers={"Host": f"localhost:{proxy.port}"}) as r:
                 assert r.status == 200
+            # a keyless proxy's /v1 refuses a rebound page too: it would spend the providers'
+            # keys and read the answers
+            chat = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+            calls = len(fake.calls)
+            async with s.post(proxy.url + "/v1/chat/completions", json=chat,
+                              headers={"Host": f"rebound.example:{proxy.port}"}) as r:
+                assert r.status == 403
+                assert error_of(r.status, await r.read())["code"] == "host_not_allowed"
+            assert len(fake.calls) == calls
+            for host in (f"localhost:{proxy.port}", f"127.0.0.1:{proxy.port}"):
+                async with s.post(proxy.url + "/v1/chat/completions", json=chat,
+                                  headers={"Host": host}) as r:
+                    assert r.status == 200, await r.text()
         assert proxy.health() == before
     assert_clean(*captured)
 

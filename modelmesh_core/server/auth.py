@@ -128,8 +128,17 @@ class Auth:
         self.metrics_auth = cfg.metrics.auth
 
     def authenticate(self, request: web.Request) -> KeyState | None:
-        """The caller's virtual key (None when the proxy is open); 401 when missing/unknown."""
+        """The caller's virtual key (None when the proxy is open); 401 when missing/unknown.
+
+        An open proxy (no keys) answers a loopback connection only when its ``Host`` names this
+        proxy: a web page that rebinds its own domain to 127.0.0.1 (DNS rebinding) could
+        otherwise spend the providers' keys and read the answers.
+        """
         if not self.required:
+            if is_loopback(request.remote) and not _host_allowed(request, self.allowed_hosts):
+                raise WireError("The Host header does not name this proxy; add it to "
+                                "proxy.admin.allowed_hosts if it should.", status=403,
+                                code="host_not_allowed")
             return None
         tok = token(request)
         if tok is None:

@@ -425,6 +425,10 @@ class OpenAIAdapter:
         else:
             body.pop("stream", None)
             body.pop("stream_options", None)
+        return self._encode(body, model)
+
+    def _encode(self, body: dict[str, Any], model: Model) -> bytes:
+        """``body`` as JSON; what the caller sent that cannot be encoded is their error."""
         try:
             return self._dumps(body)
         except TypeError as exc:  # orjson.JSONEncodeError: too deep, not JSON-able, …
@@ -903,13 +907,14 @@ class OpenAIAdapter:
         body: dict[str, Any] = dict(request.extra) if request.extra else {}
         body["model"] = model.upstream_id
         body["input"] = request.input
+        data = self._encode(body, model)
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = start + timeouts.total if timeouts.total is not None else None
         resp = await self._send(
             "POST",
             self._embed_url(model.upstream_id),
-            self._dumps(body),
+            data,
             timeouts,
             model.id,
             start,
