@@ -17,6 +17,7 @@ The admin API can rewrite the configuration, so it is guarded beyond its key:
 from __future__ import annotations
 
 import collections
+import functools
 import ipaddress
 import time
 from typing import Any
@@ -217,14 +218,18 @@ def token(request: web.Request) -> str | None:
     return headers.get("api-key") or headers.get("x-api-key")
 
 
-def is_loopback(remote: str | None) -> bool:
-    """Whether an address is this machine's (127.0.0.0/8, ::1)."""
-    if not remote:
-        return False
+@functools.lru_cache(maxsize=256)
+def _loopback(remote: str) -> bool:
     try:
         return ipaddress.ip_address(remote.split("%", 1)[0]).is_loopback
     except ValueError:
         return remote == "localhost"
+
+
+def is_loopback(remote: str | None) -> bool:
+    """Whether an address is this machine's (127.0.0.0/8, ::1). Cached, bounded: it runs on
+    every request of a keyless proxy."""
+    return bool(remote) and _loopback(remote)  # type: ignore[arg-type]
 
 
 def _split_host(value: str) -> tuple[str, int | None]:
