@@ -27,6 +27,7 @@ import aiohttp
 from loguru import logger
 from yarl import URL
 
+from modelmesh_core.deadlines import ReadDeadline, ReadTimeout
 from modelmesh_core.errors import (
     AuthenticationError,
     ContentFilterError,
@@ -739,26 +740,25 @@ class OpenAIAdapter:
             return
         rate = parse_rate_limit(resp.headers)
         content = resp.content
-        first_when, first_total = _bound(loop.time(), timeouts.first_byte, deadline)
-        idle = timeouts.idle
+        readline = content.readline
+        # One lazily re-armed timer for the first-byte, idle and total deadlines instead of a
+        # timer per line (see modelmesh_core.deadlines).
+        watch = ReadDeadline(content, start=loop.time(), first_byte=timeouts.first_byte,
+                             idle=timeouts.idle, total=deadline)
         pending: list[bytes] = []
         delivered = 0
         finished = False
         finish_seen = False
         try:
             while True:
-                if delivered:
-                    when, is_total = _bound(loop.time(), idle, deadline)
-                    phase = "total" if is_total else "idle"
-                else:
-                    when, phase = first_when, "total" if first_total else "first_byte"
+                watch.reading()
                 try:
-                    async with asyncio.timeout_at(when):
-                        line = await content.readline()
-                except TimeoutError:
-                    raise self._timeout_error(phase, model_id, timeouts) from None
+                    line = await readline()
+                except ReadTimeout as timeout:
+                    raise self._timeout_error(timeout.phase, model_id, timeouts) from None
                 except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
                     raise self._transport_error(exc, model_id, interrupted=True) from None
+                watch.read()
                 if not line:
                     if finish_seen:
                         # The answer and its finish_reason (and usage, which precedes the end)
@@ -813,11 +813,14 @@ class OpenAIAdapter:
                 if "error" in obj and not obj.get("choices"):
                     raise self.error_from(None, event, resp.headers, model_id)
                 chunk = self._chunk(obj, model_id, start, loop, rate if not delivered else None)
+                if not delivered:
+                    watch.start()
                 delivered += 1
                 if chunk.finish_reason:
                     finish_seen = True
                 yield chunk
         finally:
+            watch.close()
             if finished and not content.at_eof():
                 # Drain the end of the chunked body so the connection can be reused.
                 try:
