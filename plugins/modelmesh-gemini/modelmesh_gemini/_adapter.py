@@ -28,6 +28,7 @@ import aiohttp
 from loguru import logger
 from yarl import URL
 
+from modelmesh_core.deadlines import ReadDeadline, ReadTimeout
 from modelmesh_core.errors import (
     ProviderError,
     ProviderTimeoutError,
@@ -361,26 +362,24 @@ class GeminiAdapter:
             yield state.final(loop.time())
             return
         content = resp.content
-        first_when, first_total = _bound(loop.time(), timeouts.first_byte, deadline)
-        idle = timeouts.idle
+        readline = content.readline
+        # One lazily re-armed timer for the three deadlines (modelmesh_core.deadlines).
+        watch = ReadDeadline(content, start=loop.time(), first_byte=timeouts.first_byte,
+                             idle=timeouts.idle, total=deadline)
         pending: list[bytes] = []
         raw: list[bytes] = []
         events = 0
         clean = False
         try:
             while True:
-                if events:
-                    when, is_total = _bound(loop.time(), idle, deadline)
-                    phase = "total" if is_total else "idle"
-                else:
-                    when, phase = first_when, "total" if first_total else "first_byte"
+                watch.reading()
                 try:
-                    async with asyncio.timeout_at(when):
-                        line = await content.readline()
-                except TimeoutError:
-                    raise self._timeout_error(phase, model_id, timeouts) from None
+                    line = await readline()
+                except ReadTimeout as timeout:
+                    raise self._timeout_error(timeout.phase, model_id, timeouts) from None
                 except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
                     raise self._transport_error(exc, model_id, interrupted=True) from None
+                watch.read()
                 eof = not line
                 line = line.rstrip(b"\r\n")
                 if line:
@@ -409,6 +408,8 @@ class GeminiAdapter:
                             status=resp.status,
                             retryable=True,
                         ) from None
+                    if not events:
+                        watch.start()
                     events += 1
                     if type(obj) is dict and "error" in obj and not obj.get("candidates"):
                         raise self.error_from(None, event, resp.headers, model_id, prefill)
@@ -426,6 +427,7 @@ class GeminiAdapter:
                     clean = True
                     break
         finally:
+            watch.close()
             if clean:
                 resp.release()
             else:
