@@ -450,7 +450,7 @@ class FilesBatchesMixin:
             obj["cancelling_at"] = int(time.time())
             running.cancel.set()
         elif obj["status"] not in ("cancelling", "cancelled"):
-            return self._bad(409, f"Cannot cancel a batch with status '{obj['status']}'.",
+            return self._bad(400, f"Cannot cancel a batch with status '{obj['status']}'.",
                              headers)
         return self._json(obj, headers)
 
