@@ -27,6 +27,7 @@ from .redaction import SecretStr, register_secret
 
 __all__ = [
     "Backoff",
+    "BatchConfig",
     "BudgetConfig",
     "ConnectorRef",
     "Duration",
@@ -381,6 +382,16 @@ class ProxyConfig:
 
 
 @frozen(kw_only=True)
+class BatchConfig:
+    """``batch:``: how ``Router.batch`` runs a batch (provider-native or by the router)."""
+
+    native: bool = True
+    poll_interval: Duration = Duration(30.0)
+    max_poll_errors: int = 5
+    concurrency: int = 8
+
+
+@frozen(kw_only=True)
 class MeshConfig:
     """The whole configuration (every section is documented in docs/config.md)."""
 
@@ -398,6 +409,7 @@ class MeshConfig:
     timeout: TimeoutConfig = Factory(TimeoutConfig)
     retry: RetryConfig = Factory(RetryConfig)
     streaming: StreamingConfig = Factory(StreamingConfig)
+    batch: BatchConfig = Factory(BatchConfig)
 
 
 # --------------------------------------------------------------------------- converter
@@ -794,6 +806,9 @@ _RANGES: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("PoolConfig", "max_requests"): _at_least(1),
     ("PoolConfig", "max_tokens"): _at_least(1),
     ("PoolConfig", "deactivate_on"): _status_codes,
+    ("BatchConfig", "poll_interval"): _positive,
+    ("BatchConfig", "max_poll_errors"): _at_least(1),
+    ("BatchConfig", "concurrency"): _at_least(1),
     ("ProxyConfig", "port"): _port,
     ("ProxyLimitsConfig", "max_concurrency"): _at_least(1),
     ("ProxyLimitsConfig", "max_body_size"): _at_least(1),
