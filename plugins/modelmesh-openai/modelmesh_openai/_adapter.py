@@ -31,11 +31,13 @@ from modelmesh_core.errors import (
     AuthenticationError,
     ContentFilterError,
     ContextLengthError,
+    InvalidRequestError,
     ProviderError,
     ProviderTimeoutError,
     RateLimitError,
     StreamInterruptedError,
 )
+from modelmesh_core.limits import MAX_JSON_DEPTH, too_deep
 from modelmesh_core.redaction import redact, register_secret
 from modelmesh_core.types import (
     CompletionRequest,
@@ -425,7 +427,15 @@ class OpenAIAdapter(BatchesMixin):
         else:
             body.pop("stream", None)
             body.pop("stream_options", None)
-        return self._dumps(body)
+        try:
+            return self._dumps(body)
+        except TypeError as exc:  # orjson.JSONEncodeError: too deep, not JSON-able, …
+            # What the caller sent cannot be encoded: their error (400), not the model's.
+            deep = too_deep(body)
+            raise InvalidRequestError(
+                f"The request cannot be encoded as JSON for {model.id}: {exc}"
+                + (f" (nested deeper than {MAX_JSON_DEPTH} levels at '{deep[:80]}')."
+                   if deep else "."), param=deep[:80] if deep else None) from None
 
     # ------------------------------------------------------------------ errors
 
