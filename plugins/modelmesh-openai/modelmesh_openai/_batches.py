@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from yarl import URL
 
-from modelmesh_core.errors import ProviderError
+from modelmesh_core.errors import BatchRequestNotRunError, ProviderError
 from modelmesh_core.types import BatchJob, CompletionRequest, CompletionResponse, Model, Timeouts
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ BATCH_ENDPOINT = "/v1/chat/completions"
 """The ``endpoint`` (and each line's ``url``) of the batches this adapter creates."""
 
 _PREFIX = "req-"
-_NEVER_RAN_RETRYABLE = frozenset({"batch_expired"})
 
 
 def custom_id(index: int) -> str:
@@ -295,11 +294,12 @@ class BatchesMixin:
                                        {}, model.id)
         if isinstance(error, dict):
             code = error.get("code")
-            return ProviderError(
-                f"{error.get('message') or 'the request did not run'} [code={code}]",
-                provider_id=self.name, model_id=model.id,
-                retryable=code in _NEVER_RAN_RETRYABLE,
-            )
+            text = f"{error.get('message') or 'the request did not run'} [code={code}]"
+            if code in ("batch_cancelled", "batch_expired"):
+                return BatchRequestNotRunError(text, code=code, provider_id=self.name,
+                                               model_id=model.id)
+            return ProviderError(text, provider_id=self.name, model_id=model.id,
+                                 retryable=False)
         return self._bad_payload("a batch output line has neither a response nor an error",
                                  model.id)
 

@@ -9,7 +9,12 @@ import aiohttp
 import orjson
 import pytest
 
-from modelmesh_core.errors import ContextLengthError, ProviderError, RateLimitError
+from modelmesh_core.errors import (
+    BatchRequestNotRunError,
+    ContextLengthError,
+    ProviderError,
+    RateLimitError,
+)
 from modelmesh_core.fakes import BatchRun, Fail, FakeUpstream, MalformedJSON, Reply
 from modelmesh_core.types import (
     BatchCapable,
@@ -166,7 +171,8 @@ async def test_cancel_keeps_partial_results(make_adapter, fake: FakeUpstream) ->
     done = [r for r in results if isinstance(r, CompletionResponse)]
     never = [r for r in results if isinstance(r, ProviderError)]
     assert len(done) == ended.completed and len(never) == ended.failed
-    assert all("cancelled" in str(r) and not r.retryable for r in never)
+    assert all(isinstance(r, BatchRequestNotRunError) and r.code == "batch_cancelled"
+               and not r.retryable for r in never)
     # the answered ones come first: requests run in order
     assert all(isinstance(r, CompletionResponse) for r in results[: len(done)])
     # cancelling again changes nothing
@@ -181,9 +187,10 @@ async def test_expired_batch(make_adapter, fake: FakeUpstream) -> None:
     assert (ended.status, ended.completed, ended.failed) == ("expired", 2, 2)
     results = await adapter.batch_results(job.job_id, FAST, model=MODEL)
     assert [type(r).__name__ for r in results] == [
-        "CompletionResponse", "CompletionResponse", "ProviderError", "ProviderError"]
-    assert isinstance(results[3], ProviderError)
-    assert results[3].retryable and "batch_expired" in str(results[3])
+        "CompletionResponse", "CompletionResponse", "BatchRequestNotRunError",
+        "BatchRequestNotRunError"]
+    assert isinstance(results[3], BatchRequestNotRunError)
+    assert results[3].retryable and results[3].code == "batch_expired"
 
 
 async def test_rate_limited_item_is_typed(make_adapter, fake: FakeUpstream) -> None:
