@@ -368,6 +368,8 @@ class ProxyLimitsConfig:
     max_body_size: ByteSize = ByteSize(4 * 2**20)
     max_concurrency: int | None = None
     max_connections: int = 1024
+    max_file_size: ByteSize = ByteSize(64 * 2**20)
+    max_files_size: ByteSize = ByteSize(512 * 2**20)
     header_timeout: Duration = Duration(15.0)
     body_timeout: Duration = Duration(30.0)
 
@@ -858,6 +860,8 @@ _RANGES: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("ProxyConfig", "port"): _port,
     ("ProxyLimitsConfig", "max_concurrency"): _at_least(1),
     ("ProxyLimitsConfig", "max_body_size"): _at_least(1),
+    ("ProxyLimitsConfig", "max_file_size"): _at_least(1),
+    ("ProxyLimitsConfig", "max_files_size"): _at_least(1),
     ("ProxyLimitsConfig", "max_connections"): _at_least(1),
     ("ProxyLimitsConfig", "header_timeout"): _positive,
     ("ProxyLimitsConfig", "body_timeout"): _positive,
