@@ -146,7 +146,8 @@ async def test_cancel_through_the_sdk(fake: FakeUpstream) -> None:
     fake.script_batch(BatchRun(item_delay=0.03))
     async with running(mesh_config(fake)) as client:
         created = await submit(client, jsonl(20))
-        await asyncio.sleep(0.15)
+        while (await client.batches.retrieve(created.id)).request_counts.completed < 1:
+            await asyncio.sleep(0.01)
         cancelling = await client.batches.cancel(created.id)
         assert cancelling.status == "cancelling" and cancelling.cancelling_at is not None
         batch = await until_ended(client, created.id)
@@ -172,7 +173,8 @@ async def test_cancel_a_router_executed_batch(fake: FakeUpstream) -> None:
     fake.default = Reply(delay=0.05)
     async with running(cfg) as client:
         created = await submit(client, jsonl(10))
-        await asyncio.sleep(0.12)
+        while (await client.batches.retrieve(created.id)).request_counts.completed < 1:
+            await asyncio.sleep(0.01)
         batch = await client.batches.cancel(created.id)
         assert batch.status == "cancelled" and batch.cancelled_at is not None
         done = batch.request_counts.completed

@@ -159,7 +159,8 @@ async def test_cancel_keeps_partial_results(make_adapter, fake: FakeUpstream) ->
     fake.script_batch(BatchRun(item_delay=0.1, step=0.05))
     job = await adapter.create_batch(MODEL, [ask(str(i)) for i in range(6)], FAST)
     running = await until(adapter, job.job_id, "in_progress")
-    await asyncio.sleep(0.15)
+    while (await adapter.get_batch(job.job_id, FAST)).completed < 1:
+        await asyncio.sleep(0.01)
     cancelling = await adapter.cancel_batch(job.job_id, FAST)
     assert cancelling.status == "cancelling"
     assert fake.calls[-1].path == f"/v1/batches/{job.job_id}/cancel"
