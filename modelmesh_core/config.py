@@ -27,6 +27,7 @@ from .redaction import SecretStr, register_secret
 
 __all__ = [
     "Backoff",
+    "BatchConfig",
     "BudgetConfig",
     "ConnectorRef",
     "Duration",
@@ -367,6 +368,8 @@ class ProxyLimitsConfig:
     max_body_size: ByteSize = ByteSize(4 * 2**20)
     max_concurrency: int | None = None
     max_connections: int = 1024
+    max_file_size: ByteSize = ByteSize(64 * 2**20)
+    max_files_size: ByteSize = ByteSize(512 * 2**20)
     header_timeout: Duration = Duration(15.0)
     body_timeout: Duration = Duration(30.0)
 
@@ -409,6 +412,16 @@ class ProxyConfig:
 
 
 @frozen(kw_only=True)
+class BatchConfig:
+    """``batch:``: how ``Router.batch`` runs a batch (provider-native or by the router)."""
+
+    native: bool = True
+    poll_interval: Duration = Duration(30.0)
+    max_poll_errors: int = 5
+    concurrency: int = 8
+
+
+@frozen(kw_only=True)
 class MeshConfig:
     """The whole configuration (every section is documented in docs/config.md)."""
 
@@ -426,6 +439,7 @@ class MeshConfig:
     timeout: TimeoutConfig = Factory(TimeoutConfig)
     retry: RetryConfig = Factory(RetryConfig)
     streaming: StreamingConfig = Factory(StreamingConfig)
+    batch: BatchConfig = Factory(BatchConfig)
 
 
 # --------------------------------------------------------------------------- converter
@@ -840,9 +854,14 @@ _RANGES: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("PoolConfig", "max_requests"): _at_least(1),
     ("PoolConfig", "max_tokens"): _at_least(1),
     ("PoolConfig", "deactivate_on"): _status_codes,
+    ("BatchConfig", "poll_interval"): _positive,
+    ("BatchConfig", "max_poll_errors"): _at_least(1),
+    ("BatchConfig", "concurrency"): _at_least(1),
     ("ProxyConfig", "port"): _port,
     ("ProxyLimitsConfig", "max_concurrency"): _at_least(1),
     ("ProxyLimitsConfig", "max_body_size"): _at_least(1),
+    ("ProxyLimitsConfig", "max_file_size"): _at_least(1),
+    ("ProxyLimitsConfig", "max_files_size"): _at_least(1),
     ("ProxyLimitsConfig", "max_connections"): _at_least(1),
     ("ProxyLimitsConfig", "header_timeout"): _positive,
     ("ProxyLimitsConfig", "body_timeout"): _positive,

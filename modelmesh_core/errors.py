@@ -14,6 +14,7 @@ from typing import Any
 __all__ = [
     "AllProvidersExhaustedError",
     "AuthenticationError",
+    "BatchRequestNotRunError",
     "BudgetExceededError",
     "CapabilityNotFoundError",
     "ConfigError",
@@ -228,6 +229,17 @@ class ContextLengthError(ProviderError):
 
 class ContentFilterError(ProviderError):
     """The provider refused the request or the answer on content-policy grounds."""
+
+
+class BatchRequestNotRunError(ProviderError):
+    """A request of a batch that never ran: the batch was cancelled or its completion window
+    passed first. ``code`` is ``batch_cancelled`` or ``batch_expired`` (OpenAI's words);
+    an expired request is retryable, a cancelled one is not."""
+
+    def __init__(self, message: str, *, code: str, **kwargs: Any) -> None:
+        kwargs.setdefault("retryable", code == "batch_expired")
+        super().__init__(message, **kwargs)
+        self.code = code
 
 
 class StreamInterruptedError(ProviderError):

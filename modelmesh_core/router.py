@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from attrs import define
 
 from .attempts import AttemptLoop, as_provider_error
+from .batches import NativeBatch, batch_pipeline_request, native_job, new_batch_id, submit_native
 from .budget import BudgetTracker
+from .config import BatchConfig
 from .errors import (
     CapabilityNotFoundError,
     InvalidRequestError,
@@ -136,6 +138,7 @@ class Router:
     ) -> None:
         self._ids = itertools.count(1)
         self._batches: dict[str, tuple[BatchJob, asyncio.Task[None]]] = {}
+        self._native_batches: dict[str, NativeBatch] = {}
         self._runner = runner
         self._observability = _TRACER
         self.configure(pipeline=pipeline, pools=pools, providers=providers, rotation=rotation,
@@ -559,25 +562,52 @@ class Router:
 
     # -- batch
 
+    batch_config: BatchConfig = BatchConfig()
+    """How batches run (the ``batch:`` section; the mesh sets it)."""
+
     async def batch(
         self, capability: str, requests: Sequence[CompletionRequest],
-        options: RoutingOptions | None = None, *, concurrency: int = 8,
+        options: RoutingOptions | None = None, *, concurrency: int | None = None,
+        native: bool | None = None,
     ) -> BatchJob:
-        """Submit a batch executed by the router with bounded concurrency.
+        """Submit a batch; returns at once with its ``BatchJob``.
 
-        Returns at once with a ``BatchJob`` (``status`` ``in_progress``); ``wait_batch``
-        returns it finished (``completed``, ``failed`` or ``cancelled``), with ``results`` in
-        request order (a response or the exception for each).
+        When ``native`` (default ``batch.native``) the batch is routed in the ``batch``
+        delivery mode and submitted to the provider's own batch API if the chosen model (or
+        one of its fallbacks) lists ``batch`` and its adapter is ``BatchCapable``; the job
+        (``native_id`` set) is polled every ``batch.poll_interval``. Otherwise, and when
+        every native submission fails, the router executes the requests itself with
+        ``concurrency`` (default ``batch.concurrency``) in flight.
+
+        ``wait_batch`` returns the job finished (``completed``, ``failed``, ``cancelled`` or
+        ``expired``), with ``results`` in request order (a response or the typed error for
+        each).
         """
+        requests = list(requests)
+        config = self.batch_config
+        if requests and (config.native if native is None else native):
+            base = self._pipeline_request(capability, None, options, "batch")
+            submitted = await submit_native(
+                self, batch_pipeline_request(capability, requests, base), requests,
+                self._providers)
+            if submitted is not None:
+                upstream, model, provider, pool = submitted
+                job = native_job(upstream, model, provider, len(requests))
+                follower = NativeBatch(job, model, provider, pool, config, self._budgets)
+                task = asyncio.get_running_loop().create_task(follower.follow())
+                self._batches[job.job_id] = (job, task)
+                self._native_batches[job.job_id] = follower
+                return job
         decision = await self.route(capability, options,
                                     requests[0] if requests else None)
         job = BatchJob(
-            job_id="batch_" + os.urandom(8).hex(), status="in_progress", model=decision.model_id,
+            job_id=new_batch_id(), status="in_progress", model=decision.model_id,
             provider=decision.provider_id, request_count=len(requests),
             results=[None] * len(requests),
         )
         task = asyncio.get_running_loop().create_task(
-            self._run_batch(job, capability, list(requests), options, max(concurrency, 1)))
+            self._run_batch(job, capability, requests, options,
+                            max(concurrency or config.concurrency, 1)))
         self._batches[job.job_id] = (job, task)
         return job
 
@@ -618,8 +648,17 @@ class Router:
         return job
 
     async def cancel_batch(self, job_id: str) -> BatchJob:
-        """Cancel batch ``job_id``; finished requests keep their results."""
+        """Cancel batch ``job_id``; finished requests keep their results.
+
+        A router-executed batch is ``cancelled`` when this returns; a provider-native one is
+        ``cancelling`` until the provider has stopped it (``wait_batch`` returns it
+        ``cancelled``, with the results of the requests that ran).
+        """
         job, task = self._batches[job_id]
+        follower = self._native_batches.get(job_id)
+        if follower is not None:
+            await follower.cancel()
+            return job
         if not task.done():
             task.cancel()
             try:

@@ -7,7 +7,8 @@ pointed at it with ``base_url=http://host:port/v1`` just works.
 
 Routes: ``POST /v1/chat/completions`` (incremental SSE when ``stream``), ``POST
 /v1/completions``, ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /v1/models/{id}``,
-``GET /health``, ``GET /ready``, ``GET /metrics`` (Prometheus text), and the admin API:
+``GET /health``, ``GET /ready``, ``GET /metrics`` (Prometheus text), the Files and Batch APIs
+(``/v1/files``, ``/v1/batches``: see :mod:`.batches`), and the admin API:
 ``GET /admin/pools``, ``GET /admin/pools/{pool}``, ``POST /admin/pools/{pool}/rotate``,
 ``POST /admin/models/{model}/reactivate``, ``POST /admin/reload``, ``GET /admin/keys``.
 
@@ -27,9 +28,9 @@ requests-per-minute rate and a daily / monthly budget (kept in this process's me
 ``proxy.metrics.auth``.
 
 Rooms: :mod:`.app` (factory, middleware, runner, ``serve``), :mod:`.routes` (the handlers),
-:mod:`.admin`, :mod:`.auth` (keys and the admin guard), :mod:`.metrics`, :mod:`.errors` (the
-error shape), :mod:`.sse` (stream encoding, shared with the in-process client),
-:mod:`.protocol` (the connection layer).
+:mod:`.batches` (files and batches), :mod:`.admin`, :mod:`.auth` (keys and the admin guard),
+:mod:`.metrics`, :mod:`.errors` (the error shape), :mod:`.sse` (stream encoding, shared with
+the in-process client), :mod:`.protocol` (the connection layer).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from ..limits import clip
 from ..wire import WireError
 from .admin import AdminAPI
 from .auth import token
+from .batches import BatchesAPI
 from .errors import (
     REQUEST_ID,
     ROUTER_ID,
@@ -125,6 +126,7 @@ def create_app(mesh: ModelMesh, config: ProxyConfig | None = None) -> web.Applic
     route_aiohttp_logs()
     server = ProxyServer(mesh, config)
     admin = AdminAPI(server)
+    batches = BatchesAPI(server)
     app = web.Application(client_max_size=_BODY_BACKSTOP,
                           middlewares=[_make_middleware(server)])
     app[SERVER_STATE] = server
@@ -137,6 +139,7 @@ def create_app(mesh: ModelMesh, config: ProxyConfig | None = None) -> web.Applic
     r.add_post("/v1/embeddings", server.embeddings)
     r.add_get("/v1/models", server.list_models, allow_head=False)
     r.add_get("/v1/models/{model:.+}", server.get_model, allow_head=False)
+    batches.add_routes(app)
     r.add_get("/health", server.health)
     r.add_get("/ready", server.ready_handler)
     r.add_get("/metrics", server.metrics_handler)

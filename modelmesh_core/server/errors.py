@@ -45,7 +45,8 @@ class ClientGone(Exception):
 
 _HTTP_MESSAGES = {
     404: ("Unknown path {path}. The proxy serves /v1/chat/completions, /v1/completions, "
-          "/v1/embeddings, /v1/models, /health, /ready, /metrics and /admin/.", "not_found"),
+          "/v1/embeddings, /v1/models, /v1/files, /v1/batches, /health, /ready, /metrics "
+          "and /admin/.", "not_found"),
     405: ("Method {method} is not allowed on {path}.", "method_not_allowed"),
 }
 

@@ -52,6 +52,7 @@ from modelmesh_core.types import (
     ToolCall,
 )
 
+from ._batches import BatchesMixin
 from ._config import Connector, OpenAIConfig
 
 __all__ = ["OpenAIAdapter", "parse_duration", "parse_rate_limit", "parse_retry_after"]
@@ -312,8 +313,9 @@ _PREFILL_PARAMS: dict[str, dict[str, Any]] = {
 """Body parameters a server needs to continue a trailing assistant message (prefill)."""
 
 
-class OpenAIAdapter:
-    """``ProviderAdapter`` for the OpenAI chat completions / embeddings / models API.
+class OpenAIAdapter(BatchesMixin):
+    """``ProviderAdapter`` for the OpenAI chat completions / embeddings / models API, and
+    ``BatchCapable`` (files + batches) for connectors whose upstream has the Batch API.
 
     Built by the connector's factory as ``OpenAIAdapter(context, config, connector)``; it
     holds no session of its own and calls ``context.session()`` at request time.
@@ -546,8 +548,11 @@ class OpenAIAdapter:
         start: float,
         deadline: float | None,
         stream: bool,
+        content_type: str | None = None,
     ) -> aiohttp.ClientResponse:
-        """Send with key rotation; return a response with status < 400 (headers received)."""
+        """Send with key rotation; return a response with status < 400 (headers received).
+
+        ``content_type`` replaces the JSON ``Content-Type`` (a multipart upload)."""
         ring = self._ring
         order = ring.order() if ring is not None else (0,)
         if not order:
@@ -567,7 +572,8 @@ class OpenAIAdapter:
                         method,
                         url,
                         data=data,
-                        headers=headers_list[index],
+                        headers=headers_list[index] if content_type is None
+                        else {**headers_list[index], "Content-Type": content_type},
                         timeout=client_timeout,
                         raise_for_status=False,
                     )
