@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ..config import BudgetConfig
     from .routes import ProxyServer
 
-__all__ = ["CSP", "StatusPage"]
+__all__ = ["CSP", "STATUS_PAGE", "StatusPage"]
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
        "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -71,15 +71,17 @@ class StatusPage:
         self.server = server
         self.activity = Activity()
         self._assets = {name: _asset(name) for name in ("status.html", "status.js",
-                                                         "status.css")}
+                                                         "status.css", "favicon.svg")}
 
     def add_routes(self, app: web.Application) -> None:
         """Register the routes and subscribe the counters for the application's lifetime."""
+        app[STATUS_PAGE] = self
         app.cleanup_ctx.append(self._subscribe)
         r = app.router
         r.add_get("/status", self.page, allow_head=False)
         r.add_get("/status/status.js", self.script, allow_head=False)
         r.add_get("/status/status.css", self.style, allow_head=False)
+        r.add_get("/status/favicon.svg", self.icon, allow_head=False)
         r.add_get("/admin/status", self.data, allow_head=False)
 
     async def _subscribe(self, app: web.Application) -> AsyncIterator[None]:
@@ -106,6 +108,11 @@ class StatusPage:
     async def style(self, request: web.Request) -> web.StreamResponse:
         """``GET /status/status.css``."""
         return self._static("status.css", "text/css")
+
+    async def icon(self, request: web.Request) -> web.StreamResponse:
+        """``GET /status/favicon.svg``."""
+        return web.Response(body=self._assets["favicon.svg"], content_type="image/svg+xml",
+                            headers=_PAGE_HEADERS)
 
     async def data(self, request: web.Request) -> web.StreamResponse:
         """``GET /admin/status``: what the page shows, as JSON (admin guard first)."""
@@ -271,3 +278,7 @@ def _budget(scope: str, budget: BudgetConfig, w: UsageWindows | None, day: int,
         "spent_today": round(w.day_cost, 8) if w is not None and w.day_key == day else 0.0,
         "spent_month": round(w.month_cost, 8) if w is not None and w.month_key == month else 0.0,
     }
+
+
+STATUS_PAGE: web.AppKey[StatusPage] = web.AppKey("modelmesh_status_page", StatusPage)
+"""Where an application's :class:`StatusPage` lives (``app[STATUS_PAGE]``)."""
