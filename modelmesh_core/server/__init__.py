@@ -10,7 +10,9 @@ Routes: ``POST /v1/chat/completions`` (incremental SSE when ``stream``), ``POST
 ``GET /health``, ``GET /ready``, ``GET /metrics`` (Prometheus text), the Files and Batch APIs
 (``/v1/files``, ``/v1/batches``: see :mod:`.batches`), and the admin API:
 ``GET /admin/pools``, ``GET /admin/pools/{pool}``, ``POST /admin/pools/{pool}/rotate``,
-``POST /admin/models/{model}/reactivate``, ``POST /admin/reload``, ``GET /admin/keys``.
+``POST /admin/models/{model}/reactivate``, ``POST /admin/reload``, ``GET /admin/keys``,
+``GET /admin/status``; and the status page, ``GET /status`` (with ``/status/status.js``,
+``/status/status.css`` and ``/status/favicon.svg``).
 
 Every answer that is not a success is an OpenAI-shaped JSON error (see
 :mod:`modelmesh_core.wire` for the status table), including the HTTP parser's own
@@ -30,7 +32,8 @@ requests-per-minute rate and a daily / monthly budget (kept in this process's me
 Rooms: :mod:`.app` (factory, middleware, runner, ``serve``), :mod:`.routes` (the handlers),
 :mod:`.batches` (files and batches), :mod:`.admin`, :mod:`.auth` (keys and the admin guard),
 :mod:`.metrics`, :mod:`.errors` (the error shape), :mod:`.sse` (stream encoding, shared with
-the in-process client), :mod:`.protocol` (the connection layer).
+the in-process client), :mod:`.protocol` (the connection layer), :mod:`.status` (the status
+page) and :mod:`.activity` (its per-model counters).
 """
 
 from __future__ import annotations

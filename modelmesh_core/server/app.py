@@ -28,6 +28,7 @@ from .errors import (
 )
 from .protocol import ProxyRunner, route_aiohttp_logs
 from .routes import ProxyServer
+from .status import StatusPage
 
 if TYPE_CHECKING:
     from ..mesh import ModelMesh
@@ -149,6 +150,7 @@ def create_app(mesh: ModelMesh, config: ProxyConfig | None = None) -> web.Applic
     r.add_post("/admin/models/{model:.+}/reactivate", admin.reactivate)
     r.add_post("/admin/reload", admin.reload)
     r.add_get("/admin/keys", admin.keys, allow_head=False)
+    StatusPage(server).add_routes(app)
     return app
 
 
