@@ -30,7 +30,8 @@ class SelectionStrategy(Protocol):
 
     ``order`` returns the candidates best first (it may set ``context.scores[model.id]``).
     Optional methods the router calls when present:
-    ``record(model, ok, context)`` after every attempt, and ``rotate()`` on a forced rotation.
+    ``record(model, ok, context)`` after every attempt, and ``rotate()`` on a forced rotation;
+    ``inherit(previous)`` on a hot reload, with the pool's previous strategy instance.
     """
 
     def order(self, candidates: Sequence[Model], context: PipelineContext) -> list[Model]: ...

@@ -48,6 +48,7 @@ from .errors import (
 )
 from .events import Event, EventType
 from .redaction import redact
+from .tracing import TRACE_CONTEXT_KEY, context_from_headers
 from .types import CompletionRequest, CompletionResponse, RoutingOptions
 from .wire import (
     WireError,
@@ -522,6 +523,9 @@ class ProxyServer:
         metadata: dict[str, Any] = {"request_id": request[ROUTER_ID]}
         if key is not None:
             metadata["virtual_key"] = key.name
+        trace = context_from_headers(headers)  # None unless tracing is on and one was sent
+        if trace is not None:
+            metadata[TRACE_CONTEXT_KEY] = trace
         return RoutingOptions(
             preferred_provider=headers.get("x-modelmesh-preferred-provider"),
             session_id=headers.get("x-modelmesh-session-id") or headers.get("x-session-id"),
