@@ -417,6 +417,11 @@ class ModelMesh:
         return self._assembly().pipeline
 
     @property
+    def discovery(self) -> list[Any]:
+        """The running discovery connectors (``discovery.connectors``), in order."""
+        return list(self._assembly().discovery)
+
+    @property
     def secret_store(self) -> Any:
         """The configured secret store."""
         return self._assembly().secret_store
@@ -702,7 +707,8 @@ class _Builder:
         )
         services_base = dict(state=state, clock=clock, capabilities=tree, events=events,
                              providers=providers, models=models, pools=pools,
-                             rng=self.mesh._rng, budgets=budgets, direct_pools=direct)
+                             rng=self.mesh._rng, budgets=budgets, direct_pools=direct,
+                             catalogues={n: specs[n].catalogue for n in providers})
         bare = Services(**services_base)  # type: ignore[arg-type]
         self._strategies(pools, direct, bare)
         filters = self._filters(bare)

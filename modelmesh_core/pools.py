@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from attrs import Factory, define, frozen
 
-from .types import Model, PipelineContext, Provider, Timeouts
+from .types import Model, ModelInfo, PipelineContext, Provider, Timeouts
 
 if TYPE_CHECKING:
     from .capabilities import CapabilityTree
@@ -63,6 +63,8 @@ class Services:
     budgets: Any = None
     direct_pools: Mapping[str, CapabilityPool] = Factory(dict)
     filters: Mapping[str, Sequence[CandidateFilter]] = Factory(dict)
+    catalogues: Mapping[str, Sequence[ModelInfo]] = Factory(dict)
+    """Provider name → its connector's catalogue (``ProviderSpec.catalogue``)."""
 
 
 @define(kw_only=True, eq=False)
