@@ -4,23 +4,23 @@ The README's Python blocks are extracted and run, unchanged, in fresh interprete
 ``-W error`` (stderr must stay empty: an unclosed aiohttp session at exit is reported there
 even when it cannot raise). What a reader would set up around them is the test's: the
 environment variables the README names (``OPENAI_BASE_URL`` pointing at a
-:class:`~modelmesh_core.fakes.FakeUpstream` on 127.0.0.1), and for the proxy example a real
-``modelmesh serve`` started as the README's shell block says. That block listens on port 8080;
-the test runs the proxy on a free port instead (8080 may be taken on a shared machine) and the
-example's interpreter gets a ``sitecustomize`` that routes connections for 127.0.0.1:8080 to
-it, so the example's text is still run as written. The YAML example is validated against the
-installed plugins.
+:class:`~modelmesh_core.fakes.FakeUpstream` on 127.0.0.1). The proxy example follows the
+quick start's recipe to the letter — ``modelmesh fake-upstream --port 9999``, then
+``modelmesh serve --port 8080`` with ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` exported, then the
+example against 127.0.0.1:8080 — inside a private network namespace (``unshare --net``), so
+the fixed ports cannot clash with anything else on the machine. The YAML example is validated
+against the installed plugins. The examples use the OpenAI plugin package's connectors
+(``modelmesh_openai``), so this module runs in the all-plugins test session.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import socket
+import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,17 +32,6 @@ from modelmesh_core.fakes import FakeUpstream, Reply
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 _BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
-_REDIRECT = """\
-import os, socket
-_port = int(os.environ["README_PROXY_PORT"])
-_create = socket.create_connection
-def create_connection(address, *args, **kwargs):
-    host, port = address[0], address[1]
-    if host in ("127.0.0.1", "localhost") and port == 8080:
-        address = (host, _port)
-    return _create(address, *args, **kwargs)
-socket.create_connection = create_connection
-"""
 
 
 def blocks(lang: str) -> list[str]:
@@ -114,46 +103,71 @@ def test_create_example_closes_its_session(fake: FakeUpstream, tmp_path: Path) -
     assert text == "Hello from the README!" and model.strip().startswith("openai.")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_DRIVER = """\
+import json, os, subprocess, sys, time, urllib.request
+py, modelmesh, example = sys.argv[1:4]
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+env = dict(os.environ)
+procs = []
+
+def wait(url):
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise SystemExit("did not start: " + url)
+            time.sleep(0.1)
+
+try:
+    # the quick start's way to try it without keys, then the proxy section's command
+    procs.append(subprocess.Popen([modelmesh, "fake-upstream", "--port", "9999"], env=env,
+                                  stdout=subprocess.DEVNULL))
+    wait("http://127.0.0.1:9999/v1/models")
+    served = dict(env, OPENAI_API_KEY="any", OPENAI_BASE_URL="http://127.0.0.1:9999/v1")
+    procs.append(subprocess.Popen([modelmesh, "serve", "--port", "8080"], env=served,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    wait("http://127.0.0.1:8080/health")
+    r = subprocess.run([py, "-W", "error", example], env=env, capture_output=True, text=True,
+                       timeout=60)
+    print(json.dumps({"rc": r.returncode, "stdout": r.stdout, "stderr": r.stderr}))
+finally:
+    for p in procs:
+        p.terminate()
+        p.wait(timeout=30)
+"""
 
 
-def test_proxy_example(fake: FakeUpstream, tmp_path: Path) -> None:
+def test_proxy_example(tmp_path: Path) -> None:
     section_text = section("The proxy, with any OpenAI SDK")
     [shell] = [code for kind, code in _BLOCK.findall(section_text) if kind == "bash"]
     assert "modelmesh serve --port 8080" in shell
     code = blocks("python")[2]
     assert 'base_url="http://127.0.0.1:8080/v1"' in code
-    port = _free_port()
-    env = clean_env(OPENAI_API_KEY="sk-readme-000000", OPENAI_BASE_URL=fake.base_url)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "modelmesh_core.cli", "serve", "--port", str(port)],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise AssertionError("the proxy did not start") from None
-                time.sleep(0.1)
-        (tmp_path / "sitecustomize.py").write_text(_REDIRECT)
-        client_env = clean_env(README_PROXY_PORT=str(port), PYTHONPATH=str(tmp_path))
-        result = run_python(code, client_env, tmp_path)
-    finally:
-        server.terminate()
-        server.communicate(timeout=30)
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    first, streamed = result.stdout.split("\n", 1)
-    assert first == "Hello from the README!"
-    assert streamed == "Hello from the README!"
-    prompts = [c.body["messages"][0]["content"] for c in fake.calls[-2:]]
-    assert prompts == ["Hi", "Count to 5"]
+    modelmesh = shutil.which("modelmesh", path=str(Path(sys.executable).parent))
+    assert modelmesh is not None, "the modelmesh console script is not installed"
+    unshare = shutil.which("unshare")
+    assert unshare is not None and shutil.which("ip") is not None, (
+        "this test runs the proxy on port 8080 in a private network namespace: it needs "
+        "unshare(1) and ip(8) (util-linux, iproute2)")
+    (tmp_path / "driver.py").write_text(_DRIVER)
+    (tmp_path / "example.py").write_text(code)
+    # A network namespace of its own: port 8080 (and 9999) are this test's alone, whatever
+    # else runs on the machine, so the README's commands and code run exactly as written.
+    done = subprocess.run(
+        [unshare, "--map-root-user", "--net", sys.executable, "driver.py", sys.executable,
+         modelmesh, "example.py"],
+        env=clean_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["rc"] == 0, result["stderr"]
+    assert result["stderr"] == ""
+    first, streamed = result["stdout"].split("\n", 1)
+    assert first == "Hello from the fake upstream!"
+    assert streamed == "Hello from the fake upstream!"
 
 
 def test_yaml_example_is_a_valid_config() -> None:
