@@ -46,6 +46,7 @@ from .types import Model, PipelineRequest, PipelineResult, Provider, RateLimitIn
 if TYPE_CHECKING:
     from .budget import BudgetTracker
     from .state import ModelState
+    from .tracing import RequestTrace
 
 __all__ = ["AttemptLoop", "as_provider_error", "cost_of"]
 
@@ -94,16 +95,17 @@ class AttemptLoop:
         "_budgets", "_events", "_logger", "_providers", "_rng", "_rotation", "attempts",
         "continuations", "failures", "index", "kind", "model", "plan", "pool", "preq",
         "provider", "request_id", "result", "same_model", "started", "state", "t0", "timeouts",
-        "upstream",
+        "trace", "upstream",
     )
 
     def __init__(
         self, *, result: PipelineResult, preq: PipelineRequest, request_id: str, kind: str,
         t0: float, providers: Mapping[str, Provider], rotation: RotationManager,
         budgets: BudgetTracker, events: EventEmitter, logger: RequestLogger,
-        rng: random.Random,
+        rng: random.Random, trace: RequestTrace | None = None,
     ) -> None:
         self.result = result
+        self.trace = trace  # OpenTelemetry spans (modelmesh_core.tracing), None when off
         self.preq = preq
         self.request_id = request_id
         self.kind = kind
@@ -156,6 +158,8 @@ class AttemptLoop:
                 self.state = st
                 self.attempts += 1
                 self.started = perf_counter()
+                if self.trace is not None:
+                    self.trace.attempt(self)
                 return True
             i += 1
             self.same_model = 0
@@ -166,6 +170,8 @@ class AttemptLoop:
         """The caller went away during the attempt: judge nothing, give back any recovery
         trial the attempt held."""
         self._rotation.release(self.model, self.state)
+        if self.trace is not None:
+            self.trace.released(self)
 
     # -- outcomes
 
@@ -206,6 +212,8 @@ class AttemptLoop:
         self.same_model, self.continuations = state.same_model, state.continuations
         if stop is not None and outcome is not Outcome.RAISE:
             outcome = Outcome.GIVE_UP
+        if self.trace is not None:
+            self.trace.attempt_failed(self, exc, outcome)
         if outcome is Outcome.RETRY:
             t = perf_counter()
             if wait > 0:
@@ -264,6 +272,8 @@ class AttemptLoop:
         record = getattr(pool.strategy, "record", None)
         if record is not None:
             record(model, True, self.result.context)
+        if self.trace is not None:
+            self.trace.succeeded(self, model, usage, cost)
         return cost
 
     def charged(self, usage: Mapping[str, int]) -> float:
@@ -314,6 +324,8 @@ class AttemptLoop:
         pool = self.pool.name
         _TRACER.info(f"request failed on pool {pool!r}: {exc}", request_id=self.request_id,
                      pool=pool)
+        if self.trace is not None:
+            self.trace.failed(self, exc)
         if self._events.enabled:
             self._events.emit(EventType.REQUEST_FAILED, pool=pool, request_id=self.request_id,
                               error=type(exc).__name__, message=str(exc)[:500])

@@ -532,6 +532,13 @@ def cmd_fake_upstream(args: argparse.Namespace, out: TextIO) -> int:
                              seed=args.seed, api_key=args.api_key, out=out)
 
 
+def cmd_batch(args: argparse.Namespace, out: TextIO) -> int:
+    """Run an OpenAI batch JSONL file through the mesh (resumable)."""
+    from .batchfile import run_command
+
+    return run_command(args, out, _mesh)
+
+
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     """Run the self-contained demo (fake upstreams, proxy, openai SDK)."""
     from .demo import run_demo
@@ -641,6 +648,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("fake-upstream", help="run a local fake OpenAI server (no keys needed)")
     add_arguments(p)
     p.set_defaults(func=cmd_fake_upstream)
+
+    p = add("batch", help="run an OpenAI batch file (JSONL) through the mesh")
+    batch = p.add_subparsers(dest="batch_command", metavar="ACTION", required=True)
+    q = batch.add_parser("run", parents=[common],
+                         help="run every request of the file; results to a JSONL file "
+                              "(resumable: run it again after an interruption)")
+    q.add_argument("requests", metavar="REQUESTS.jsonl",
+                   help="one {custom_id, method, url, body} per line (OpenAI batch input)")
+    q.add_argument("-o", "--output", default=None,
+                   help="results file (default: REQUESTS.results.jsonl); requests already "
+                        "in it are skipped")
+    config_arg(q)
+    q.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_batch)
 
     p = add("demo", help="a local demo that needs no API key")
     p.add_argument("--requests", type=int, default=300, help="requests to send (default 300)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -374,6 +375,7 @@ class MeshClient:
         self.mesh = mesh
         self.default_model = default_model
         self._async = AsyncMeshClient(mesh, default_model)
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         self.chat = _SyncChat(self)
         self.embeddings = _SyncEmbeddings(self)
         self.models = _SyncModels(self)
@@ -398,8 +400,10 @@ class MeshClient:
 
     def close(self) -> None:
         """Shut the mesh and its loop thread down."""
-        if self.mesh.started:
-            self.mesh.shutdown_sync()
+        if self._finalizer is not None:
+            self._finalizer()  # runs once; detaches the exit hook create() registered
+        else:
+            _shutdown(self.mesh)
 
     def __enter__(self) -> MeshClient:
         return self
@@ -420,7 +424,20 @@ def create(
     """
     mesh = ModelMesh(config, plugins=plugins, **mesh_options)
     mesh.initialize_sync()
-    return MeshClient(mesh, capability)
+    client = MeshClient(mesh, capability)
+    # A script that never calls close() still gets its HTTP session closed: when the client
+    # is garbage-collected, or at interpreter exit (finalizers run before daemon threads
+    # stop, so the mesh's loop thread is still there to run the shutdown).
+    client._finalizer = weakref.finalize(client, _shutdown, mesh)
+    return client
+
+
+def _shutdown(mesh: ModelMesh) -> None:
+    if mesh.started:
+        try:
+            mesh.shutdown_sync()
+        except RuntimeError:  # collected on the mesh's own loop thread: nothing to wait on
+            pass
 
 
 def create_async(

@@ -39,6 +39,8 @@ __all__ = [
     "RetryConfig",
     "StreamingConfig",
     "TimeoutConfig",
+    "TracingConfig",
+    "TracingExport",
     "load_config",
     "parse_duration",
     "structure_plugin_config",
@@ -309,12 +311,34 @@ class RequestLogConfig:
     max_payload_chars: int = 2000
 
 
+class TracingExport(enum.StrEnum):
+    """Where OpenTelemetry spans and metrics go."""
+
+    OTLP = "otlp"
+    GLOBAL = "global"
+
+
+@frozen(kw_only=True)
+class TracingConfig:
+    """OpenTelemetry traces (and optionally metrics); needs the ``otel`` extra."""
+
+    enabled: bool = False
+    export: TracingExport = TracingExport.OTLP
+    endpoint: str | None = None
+    headers: Mapping[str, str] = Factory(dict)
+    service_name: str = "modelmesh"
+    metrics: bool = False
+    metrics_interval: Duration = Duration(60.0)
+    timeout: Duration = Duration(10.0)
+
+
 @frozen(kw_only=True)
 class ObservabilityConfig:
-    """Event sinks and the request log."""
+    """Event sinks, the request log and OpenTelemetry tracing."""
 
     sinks: tuple[ConnectorRef, ...] = ()
     request_log: RequestLogConfig = Factory(RequestLogConfig)
+    tracing: TracingConfig = Factory(TracingConfig)
 
 
 @frozen(kw_only=True)
@@ -501,7 +525,7 @@ def _make_converter() -> cattrs.Converter:
     c.register_structure_hook(Duration, lambda v, _: parse_duration(v))
     c.register_structure_hook(ByteSize, lambda v, _: parse_size(v))
     for enum_type in (Backoff, RetryScope, OnBudgetExceeded, RequestLogLevel, OnBreak,
-                      MetricsAuth):
+                      MetricsAuth, TracingExport):
         c.register_structure_hook(enum_type, _enum_hook)
     c.register_structure_hook_factory(_is_tuple, _make_tuple_hook(c))
     return c

@@ -55,6 +55,8 @@ from .redaction import SecretStr, register_secret
 from .rotation import RotationManager
 from .router import Router
 from .state import MemoryStateStore, StateStore
+from .tracing import Tracing, build_tracing
+from .tracing import validate as validate_tracing
 from .types import (
     ALL_DELIVERY_MODES,
     ALL_FEATURES,
@@ -111,6 +113,21 @@ class _Assembly:
     sinks: list[Any]
     discovery: list[Any]
     secret_store: Any
+
+
+def _carry_strategy_state(old: _Assembly, new: _Assembly) -> None:
+    """Hot reload: a pool (configured, implicit or direct) that keeps its name and its strategy
+    connector hands the old strategy instance to the new one's ``inherit(previous)`` (when the
+    strategy has that method), so the sticky model, round-robin counters and session pins
+    survive the reload."""
+    for before, after in ((old.pools, new.pools), (old.direct_pools, new.direct_pools)):
+        for name, pool in after.items():
+            prev = before.get(name)
+            if prev is None or prev.strategy_name != pool.strategy_name:
+                continue
+            inherit = getattr(pool.strategy, "inherit", None)
+            if inherit is not None:
+                inherit(prev.strategy)
 
 
 class _LoopThread:
@@ -189,6 +206,7 @@ class ModelMesh:
         self._asm: _Assembly | None = None
         self._router: Router | None = None
         self._validated: MeshConfig | None = None
+        self._tracing: Tracing | None = None
 
     # -- lifecycle
 
@@ -256,6 +274,9 @@ class ModelMesh:
             except Exception as exc:  # one adapter must not stop the others closing
                 logger.warning("closing provider {} failed: {}", provider.name, exc)
         await self._close_sinks(asm)
+        if self._tracing is not None:
+            await asyncio.to_thread(self._tracing.shutdown)  # flushes spans: blocking I/O
+            self._tracing = None
         await self.state.flush()
         await self.state.close()
         if self._session is not None:
@@ -324,9 +345,14 @@ class ModelMesh:
         On any error the running configuration stays in place and the error is raised.
         """
         old = self._asm
+        old_tracing = self._tracing
         asm = self._assemble(config, state=self.state)
+        if old is not None:
+            _carry_strategy_state(old, asm)
         self._source = config
         self._install(asm)
+        if old_tracing is not None and old_tracing is not self._tracing:
+            await asyncio.to_thread(old_tracing.shutdown)
         if old is not None:
             for d in old.discovery:
                 await d.stop()
@@ -389,6 +415,11 @@ class ModelMesh:
     def pipeline(self) -> RoutingPipeline:
         """The routing pipeline."""
         return self._assembly().pipeline
+
+    @property
+    def discovery(self) -> list[Any]:
+        """The running discovery connectors (``discovery.connectors``), in order."""
+        return list(self._assembly().discovery)
 
     @property
     def secret_store(self) -> Any:
@@ -507,11 +538,15 @@ class ModelMesh:
             unsub()
         self._sink_unsubs = [self.events.subscribe(s) for s in asm.sinks]
         log = asm.config.observability.request_log
+        tracing = asm.config.observability.tracing
+        if self._tracing is None or self._tracing.config != tracing:
+            self._tracing = build_tracing(tracing)  # the old one is shut down by the caller
         kwargs = dict(pipeline=asm.pipeline, pools=asm.pools, providers=asm.providers,
                       rotation=asm.rotation, budgets=asm.budgets, events=self.events,
                       clock=self._clock, rng=self._rng, middleware=asm.middleware,
                       request_logger=RequestLogger(self.events, log.level.value,
-                                                   log.max_payload_chars))
+                                                   log.max_payload_chars),
+                      tracing=self._tracing)
         if self._router is None:
             runner = self._loop_thread.run if self._loop_thread is not None else None
             self._router = Router(runner=runner, **kwargs)  # type: ignore[arg-type]
@@ -673,7 +708,8 @@ class _Builder:
         )
         services_base = dict(state=state, clock=clock, capabilities=tree, events=events,
                              providers=providers, models=models, pools=pools,
-                             rng=self.mesh._rng, budgets=budgets, direct_pools=direct)
+                             rng=self.mesh._rng, budgets=budgets, direct_pools=direct,
+                             catalogues={n: specs[n].catalogue for n in providers})
         bare = Services(**services_base)  # type: ignore[arg-type]
         self._strategies(pools, direct, bare)
         filters = self._filters(bare)
@@ -689,6 +725,7 @@ class _Builder:
         discovery = self._connectors(cfg.discovery.connectors, reg.discovery,
                                      "discovery.connectors", with_services=True,
                                      services=services)
+        validate_tracing(cfg.observability.tracing, self.errors)
         if self.errors:
             raise ConfigError(self.errors)
         pipeline = RoutingPipeline(stages, providers=providers, clock=clock)

@@ -57,6 +57,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "modelmesh_core.builtin.secrets",
     "modelmesh_core.builtin.storage",
     "modelmesh_core.builtin.sinks",
+    "modelmesh_core.builtin.discovery",
 )
 
 #: hook name -> (record type, registry attribute)

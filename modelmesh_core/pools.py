@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from attrs import Factory, define, frozen
 
-from .types import Model, PipelineContext, Provider, Timeouts
+from .types import Model, ModelInfo, PipelineContext, Provider, Timeouts
 
 if TYPE_CHECKING:
     from .capabilities import CapabilityTree
@@ -30,7 +30,8 @@ class SelectionStrategy(Protocol):
 
     ``order`` returns the candidates best first (it may set ``context.scores[model.id]``).
     Optional methods the router calls when present:
-    ``record(model, ok, context)`` after every attempt, and ``rotate()`` on a forced rotation.
+    ``record(model, ok, context)`` after every attempt, and ``rotate()`` on a forced rotation;
+    ``inherit(previous)`` on a hot reload, with the pool's previous strategy instance.
     """
 
     def order(self, candidates: Sequence[Model], context: PipelineContext) -> list[Model]: ...
@@ -62,6 +63,8 @@ class Services:
     budgets: Any = None
     direct_pools: Mapping[str, CapabilityPool] = Factory(dict)
     filters: Mapping[str, Sequence[CandidateFilter]] = Factory(dict)
+    catalogues: Mapping[str, Sequence[ModelInfo]] = Factory(dict)
+    """Provider name → its connector's catalogue (``ProviderSpec.catalogue``)."""
 
 
 @define(kw_only=True, eq=False)

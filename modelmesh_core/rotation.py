@@ -127,10 +127,7 @@ class RotationManager:
             st.provider_trial = False
             ps.trial_in_flight = False
         if not ps.available:
-            ps.available, ps.auth_valid = True, True
-            ps.deactivation_reason, ps.cooldown_until = None, 0.0
-            if self._events.enabled:
-                self._events.emit(EventType.PROVIDER_UP, provider=model.provider)
+            self.provider_up(model.provider)
         if st.status != ACTIVE:
             self._recover(model, st, pool)
         cfg = pool.config
@@ -275,6 +272,23 @@ class RotationManager:
                 EventType.MODEL_RECOVERED, model=model.id, provider=model.provider,
                 pool=pool.name if pool is not None else None, previous_reason=reason,
             )
+
+    def recovered(self, model: Model) -> None:
+        """A standby model answered a health probe: active again (``model.recovered``)."""
+        st = self._state.model(model.id)
+        if st.status != ACTIVE:
+            self._recover(model, st, None)
+
+    def provider_up(self, provider: str) -> None:
+        """A downed provider answered (a request or a health probe): available again
+        (``provider.up``)."""
+        ps = self._state.provider(provider)
+        if ps.available:
+            return
+        ps.available, ps.auth_valid = True, True
+        ps.deactivation_reason, ps.cooldown_until = None, 0.0
+        if self._events.enabled:
+            self._events.emit(EventType.PROVIDER_UP, provider=provider)
 
     def reactivate(self, model: Model) -> None:
         """Manual recovery of a model (and its provider)."""

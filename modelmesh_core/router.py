@@ -54,6 +54,7 @@ from .types import (
 if TYPE_CHECKING:
     from .pools import CapabilityPool
     from .state import Clock
+    from .tracing import Tracing
 
 __all__ = ["MiddlewareCall", "Router", "estimate_request"]
 
@@ -135,6 +136,7 @@ class Router:
         middleware: Sequence[Any] = (),
         request_logger: RequestLogger | None = None,
         runner: Callable[[Coroutine[Any, Any, Any]], Any] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._ids = itertools.count(1)
         self._batches: dict[str, tuple[BatchJob, asyncio.Task[None]]] = {}
@@ -143,7 +145,7 @@ class Router:
         self._observability = _TRACER
         self.configure(pipeline=pipeline, pools=pools, providers=providers, rotation=rotation,
                        budgets=budgets, events=events, clock=clock, rng=rng,
-                       middleware=middleware, request_logger=request_logger)
+                       middleware=middleware, request_logger=request_logger, tracing=tracing)
 
     def configure(
         self,
@@ -158,10 +160,12 @@ class Router:
         rng: random.Random | None = None,
         middleware: Sequence[Any] = (),
         request_logger: RequestLogger | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """Swap in a new set of routing objects (hot reload); running requests finish on the
         objects they started with."""
         self._pipeline = pipeline
+        self._tracing = tracing
         self._pools = pools
         self._request_logger = request_logger or RequestLogger(events)
         self._providers = providers
@@ -236,6 +240,8 @@ class Router:
             return await self._pipeline.execute(preq)
         except NoActiveModelError as exc:
             exc.retry_after, exc.rate_limited = self._rotation.earliest_return(exc.reasons)
+            if self._tracing is not None:
+                self._tracing.refused(preq, request_id, kind, t0, exc)
             self._observability.info(f"no model available: {exc}", request_id=request_id)
             if self._event_emitter.enabled:
                 self._emit_refused(exc, request_id)
@@ -318,7 +324,9 @@ class Router:
         return AttemptLoop(result=result, preq=preq, request_id=request_id, kind=kind, t0=t0,
                            providers=self._providers, rotation=self._rotation,
                            budgets=self._budgets, events=self._event_emitter,
-                           logger=self._request_logger, rng=self._rng)
+                           logger=self._request_logger, rng=self._rng,
+                           trace=None if self._tracing is None else
+                           self._tracing.begin(preq, request_id, kind, t0, result))
 
     # -- complete / embed
 
@@ -389,6 +397,8 @@ class Router:
                     response = await adapter.embed(loop.model, request, loop.timeouts)
             except asyncio.CancelledError:
                 loop.release()
+                if loop.trace is not None:
+                    loop.trace.cancelled(loop)
                 raise
             except InvalidRequestError:
                 loop.release()  # the caller's request, not the model: no record
@@ -552,6 +562,8 @@ class Router:
         """The caller left mid-stream (the upstream call is being cancelled): give back any
         recovery trial, bill what was used, and say so."""
         loop.release()
+        if loop.trace is not None:
+            loop.trace.cancelled(loop)
         if not splice.released and not splice.seg_chars:
             return 0.0
         usage, estimated = splice.segment_usage()

@@ -107,7 +107,7 @@ class PoolSelectionStage(PipelineStage):
 
     def __init__(self, config: Any, services: Services) -> None:
         self._s = services
-        self._members: dict[tuple[str, str | None], list[Model]] = {}
+        self._members: dict[tuple[str, str | None, int], list[Model]] = {}
 
     def process(self, context: PipelineContext) -> PipelineContext:
         pools = context.pools
@@ -122,7 +122,8 @@ class PoolSelectionStage(PipelineStage):
                     pool = p
                     break
         context.pool = pool
-        key = (pool.name, context.capability_path)
+        # Registry sync can add members to a running pool: the length keys that away.
+        key = (pool.name, context.capability_path, len(pool.models))
         members = self._members.get(key)
         if members is None:
             members = self._narrow(pool, context.capability_path)

@@ -131,6 +131,13 @@ class StickUntilFailure:
             self._ring = context.pool.models
         self._advance()
 
+    def inherit(self, previous: object) -> None:
+        """Hot reload: keep the current model of the pool's previous strategy (it is dropped
+        by the next ``order`` if it left the pool)."""
+        if isinstance(previous, StickUntilFailure):
+            self._current = previous._current
+            self._ring = previous._ring
+
     def rotate(self) -> None:
         """Forced rotation: advance current by one in pool order."""
         if self._current is None:
@@ -219,6 +226,11 @@ class RoundRobin:
     def rotate(self) -> None:
         """Forced rotation: skip one position."""
         self._counter += 1
+
+    def inherit(self, previous: object) -> None:
+        """Hot reload: go on counting where the pool's previous strategy was."""
+        if isinstance(previous, RoundRobin):
+            self._counter = previous._counter
 
 
 # --------------------------------------------------------------------------- cost-first
@@ -441,6 +453,17 @@ class SessionStickiness:
         if not ok:
             self._generations[model.id] = self._generations.get(model.id, 0) + 1
 
+    def inherit(self, previous: object) -> None:
+        """Hot reload: keep the previous strategy's session pins (the most recent ones, up to
+        this strategy's ``max_sessions``). A pin to a model that left the pool is replaced
+        by the next request of that session."""
+        if not isinstance(previous, SessionStickiness):
+            return
+        self._generations = dict(previous._generations)
+        sessions = previous._sessions
+        keep = list(sessions.items())[-self._max:]
+        self._sessions = OrderedDict(keep)
+
 
 # --------------------------------------------------------------------------- rate-limit-aware
 
@@ -585,6 +608,11 @@ class LoadBalanced:
         current[candidates[best].id] = best_cw - total
         rest = sorted((i for i in range(n) if i != best), key=lambda i: -weights[i])
         return [candidates[best], *(candidates[i] for i in rest)]
+
+    def inherit(self, previous: object) -> None:
+        """Hot reload: keep the running weighted round-robin counters."""
+        if isinstance(previous, LoadBalanced):
+            self._current = dict(previous._current)
 
 
 # --------------------------------------------------------------------------- registration

@@ -23,6 +23,7 @@ from .._log import logger
 from ..config import ProxyConfig
 from ..errors import CapabilityNotFoundError, ConfigError, ModelMeshError
 from ..limits import MAX_NAME_LENGTH, cannot_be_too_deep, clip
+from ..tracing import TRACE_CONTEXT_KEY, context_from_headers
 from ..types import CompletionRequest, RoutingOptions
 from ..wire import (
     WireError,
@@ -255,6 +256,9 @@ class ProxyServer:
         metadata: dict[str, Any] = {"request_id": request[ROUTER_ID]}
         if key is not None:
             metadata["virtual_key"] = key.name
+        trace = context_from_headers(headers)  # None unless tracing is on and one was sent
+        if trace is not None:
+            metadata[TRACE_CONTEXT_KEY] = trace
         preferred = headers.get("x-modelmesh-preferred-provider")
         if preferred is not None and preferred not in self.provider_names:
             preferred = None
