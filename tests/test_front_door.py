@@ -646,3 +646,31 @@ def test_count_tokens_estimate_is_the_routers():
     _, request = parse_messages_request({"model": "m", "max_tokens": 5, "messages": HELLO})
     assert estimate_request(request)[0] == estimate_request(
         CompletionRequest(messages=[{"role": "user", "content": "Hello"}]))[0]
+
+
+async def test_structured_output_becomes_a_json_schema_response_format(vendors, proxy):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}},
+              "required": ["city"], "additionalProperties": False}
+    vendors.oai.script(Reply('{"city":"Paris"}'))
+    message = await proxy.client().messages.create(
+        model=OAI, max_tokens=50, messages=HELLO,
+        output_config={"format": {"type": "json_schema", "schema": schema}})
+    assert message.content[0].text == '{"city":"Paris"}'  # type: ignore[union-attr]
+    assert vendors.oai.calls[-1].body["response_format"] == {
+        "type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+async def test_the_stop_sequence_claude_matched_reaches_the_client(vendors, proxy, stream):
+    vendors.claude.script(AnthropicReply("1, 2, 3", stop_reason="stop_sequence",
+                                         stop_sequence="4"))
+    ask: Any = {"model": CLAUDE, "max_tokens": 50, "messages": HELLO, "stop_sequences": ["4"]}
+    if stream:
+        async with proxy.client().messages.stream(**ask) as s:
+            message = await s.get_final_message()
+    else:
+        message = await proxy.client().messages.create(**ask)
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "4")
+    # Other upstreams do not say which sequence stopped them: a natural end_turn.
+    message = await proxy.client().messages.create(**{**ask, "model": OAI})
+    assert (message.stop_reason, message.stop_sequence) == ("end_turn", None)

@@ -23,8 +23,11 @@ Requests (:func:`parse_messages_request`), field by field:
   ``none``, and ``disable_parallel_tool_use`` → ``parallel_tool_calls: false``;
 * ``max_tokens`` (required, as Anthropic requires it), ``temperature``; ``stop_sequences`` →
   ``stop``; ``top_p`` and ``top_k`` pass in ``extra``; ``metadata.user_id`` → ``user``;
-  ``stream``. Other top-level fields (``thinking``, ``service_tier``, ``container``, …) are
-  ignored; server tools (a ``type`` other than ``custom``) are refused with a 400.
+  ``output_config.format`` (structured outputs, a JSON schema) → ``response_format``
+  ``json_schema`` (so only models with ``structured_output`` are candidates); ``stream``.
+  Other top-level fields (``thinking``, ``output_config.effort``, ``service_tier``,
+  ``container``, ``cache_control``, …) are ignored; server tools (a ``type`` other than
+  ``custom``) are refused with a 400.
 
 Validation follows the proxy's limits (:mod:`modelmesh_core.limits`: nesting depth, name
 length) and answers Anthropic-style messages naming the field (``max_tokens: Field
@@ -453,6 +456,22 @@ def _user_id(body: Mapping[str, Any]) -> str | None:
     return _string(user, "metadata.user_id") or None
 
 
+def _output_format(body: Mapping[str, Any], extra: dict[str, Any]) -> None:
+    raw = body.get("output_config")
+    if raw is None:
+        return
+    fmt = _object(raw, "output_config").get("format")
+    if fmt is None:
+        return
+    fmt = _object(fmt, "output_config.format")
+    if fmt.get("type") != "json_schema":
+        raise WireError("output_config.format.type: Input should be 'json_schema'",
+                        param="output_config.format.type", code="invalid_value")
+    schema = _object(fmt.get("schema"), "output_config.format.schema")
+    extra["response_format"] = {"type": "json_schema",
+                                "json_schema": {"name": "output", "schema": schema}}
+
+
 def _conversation(body: Mapping[str, Any]) -> tuple[list[dict[str, Any]],
                                                        list[dict[str, Any]] | None]:
     messages = _messages(body)
@@ -493,6 +512,7 @@ def parse_messages_request(body: Any, *, shallow: bool = False
     user = _user_id(body)
     if user:
         extra["user"] = user
+    _output_format(body, extra)
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise _bad("stream", "a valid boolean", stream)
