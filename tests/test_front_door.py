@@ -26,7 +26,7 @@ from modelmesh_core.config import ProxyConfig, ProxyLimitsConfig
 from modelmesh_core.fakes import Fail, FakeUpstream, Reply, StreamError, tool_call
 from modelmesh_core.mesh import ModelMesh
 from modelmesh_core.router import estimate_request
-from modelmesh_core.server import create_app
+from modelmesh_core.server import SERVER_STATE, create_app
 from modelmesh_core.server.anthropic_wire import (
     EventEncoder,
     anthropic_error,
@@ -91,9 +91,9 @@ def mesh_config(v: Vendors) -> dict[str, Any]:
 class Proxy:
     """A running proxy and the SDK clients made for it."""
 
-    def __init__(self, url: str, mesh: ModelMesh) -> None:
+    def __init__(self, url: str, app: web.Application) -> None:
         self.url = url
-        self.mesh = mesh
+        self.server = app[SERVER_STATE]
         self.clients: list[anthropic.AsyncAnthropic] = []
 
     def client(self, api_key: str = KEY) -> anthropic.AsyncAnthropic:
@@ -115,12 +115,12 @@ class Proxy:
 @contextlib.asynccontextmanager
 async def running(config: dict[str, Any], proxy: ProxyConfig | None = None
                   ) -> AsyncIterator[Proxy]:
-    mesh = ModelMesh(config)
-    runner = web.AppRunner(create_app(mesh, proxy))
+    app = create_app(ModelMesh(config), proxy)
+    runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     host, port = runner.addresses[0][:2]
-    p = Proxy(f"http://{host}:{port}", mesh)
+    p = Proxy(f"http://{host}:{port}", app)
     try:
         yield p
     finally:
@@ -496,6 +496,27 @@ async def test_key_scoping_and_rate_limits_apply(vendors, proxy):
         await slow.messages.create(model=OAI, max_tokens=10, messages=HELLO)
     assert limited.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
     assert limited.value.response.headers["retry-after"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+async def test_a_key_pays_for_what_it_used_and_stops_at_its_budget(vendors, stream):
+    config = mesh_config(vendors)
+    config["models"][OAI] = {"pricing": {"input": 1_000_000, "output": 1_000_000}}  # $1/token
+    config["proxy"]["auth"]["keys"] = [{"key": KEY, "name": "team", "budget": {"daily": 5.5}}]
+    async with running(config) as p:
+        client = p.client()
+        if stream:
+            async with client.messages.stream(model=OAI, max_tokens=10, messages=HELLO) as s:
+                await s.get_final_message()
+        else:
+            await client.messages.create(model=OAI, max_tokens=10, messages=HELLO)
+        spent = p.server.keys[KEY].day_spend
+        assert spent == pytest.approx(6.0)  # 1 prompt token + 5 answer tokens
+        with pytest.raises(anthropic.RateLimitError) as info:
+            await client.messages.create(model=OAI, max_tokens=10, messages=HELLO)
+    assert info.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+    assert "key:team daily budget" in info.value.body["error"]["message"]  # type: ignore[index]
+    assert info.value.response.headers["x-should-retry"] == "false"
 
 
 async def test_an_overloaded_upstream_is_a_529_overloaded_error(vendors, proxy):

@@ -85,6 +85,7 @@ _ERROR_TYPES: dict[int, str] = {
 _USER_BLOCKS = frozenset({"text", "image", "document", "tool_result"})
 _ASSISTANT_BLOCKS = frozenset({"text", "tool_use", "thinking", "redacted_thinking"})
 _TOOL_CHOICES = frozenset({"auto", "any", "tool", "none"})
+_OPENAI_CHOICE = {"auto": "auto", "any": "required", "none": "none"}
 
 
 # --------------------------------------------------------------------------- validation
@@ -427,7 +428,7 @@ def _tool_choice(body: Mapping[str, Any], extra: dict[str, Any]) -> None:
         extra["tool_choice"] = {"type": "function",
                                 "function": {"name": _string(name, "tool_choice.name")}}
     else:
-        extra["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[kind]
+        extra["tool_choice"] = _OPENAI_CHOICE[kind]
     disable = choice.get("disable_parallel_tool_use")
     if disable is not None and not isinstance(disable, bool):
         raise _bad("tool_choice.disable_parallel_tool_use", "a valid boolean", disable)
