@@ -7,7 +7,9 @@ pointed at it with ``base_url=http://host:port/v1`` just works.
 
 Routes: ``POST /v1/chat/completions`` (incremental SSE when ``stream``), ``POST
 /v1/completions``, ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /v1/models/{id}``,
-``GET /health``, ``GET /ready``, ``GET /metrics`` (Prometheus text), and the admin API:
+``GET /health``, ``GET /ready``, ``GET /metrics`` (Prometheus text), the Anthropic-compatible
+front door ``POST /v1/messages`` and ``POST /v1/messages/count_tokens`` (Anthropic's shapes,
+errors included, for the ``anthropic`` SDK), and the admin API:
 ``GET /admin/pools``, ``GET /admin/pools/{pool}``, ``POST /admin/pools/{pool}/rotate``,
 ``POST /admin/models/{model}/reactivate``, ``POST /admin/reload``, ``GET /admin/keys``.
 
@@ -29,7 +31,8 @@ requests-per-minute rate and a daily / monthly budget (kept in this process's me
 Rooms: :mod:`.app` (factory, middleware, runner, ``serve``), :mod:`.routes` (the handlers),
 :mod:`.admin`, :mod:`.auth` (keys and the admin guard), :mod:`.metrics`, :mod:`.errors` (the
 error shape), :mod:`.sse` (stream encoding, shared with the in-process client),
-:mod:`.protocol` (the connection layer).
+:mod:`.protocol` (the connection layer), :mod:`.messages` and :mod:`.anthropic_wire` (the
+Anthropic front door: handlers, and the translation both ways).
 """
 
 from __future__ import annotations
