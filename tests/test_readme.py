@@ -23,6 +23,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -66,7 +67,7 @@ def run_python(code: str, env: dict[str, str], cwd: Path) -> subprocess.Complete
 
 
 def test_the_readme_has_the_examples_this_test_runs() -> None:
-    assert len(blocks("python")) == 3
+    assert len(blocks("python")) == 4
     quick = section("Quick start")
     commands = _BLOCK.findall(quick)
     assert [kind for kind, _ in commands] == ["bash", "bash"]  # two commands on a fresh machine
@@ -140,12 +141,10 @@ finally:
 """
 
 
-def test_proxy_example(tmp_path: Path) -> None:
-    section_text = section("The proxy, with any OpenAI SDK")
-    [shell] = [code for kind, code in _BLOCK.findall(section_text) if kind == "bash"]
-    assert "modelmesh serve --port 8080" in shell
-    code = blocks("python")[2]
-    assert 'base_url="http://127.0.0.1:8080/v1"' in code
+def run_against_the_proxy(code: str, tmp_path: Path) -> dict[str, Any]:
+    """Run ``code`` as the README's proxy section does it (fake upstream on 9999, ``modelmesh
+    serve --port 8080``), in a network namespace of its own; the example's rc / stdout /
+    stderr."""
     modelmesh = shutil.which("modelmesh", path=str(Path(sys.executable).parent))
     assert modelmesh is not None, "the modelmesh console script is not installed"
     unshare = shutil.which("unshare")
@@ -162,12 +161,32 @@ def test_proxy_example(tmp_path: Path) -> None:
         env=clean_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120,
         check=False)
     assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_proxy_example(tmp_path: Path) -> None:
+    section_text = section("The proxy, with any OpenAI SDK")
+    [shell] = [code for kind, code in _BLOCK.findall(section_text) if kind == "bash"]
+    assert "modelmesh serve --port 8080" in shell
+    code = blocks("python")[2]
+    assert 'base_url="http://127.0.0.1:8080/v1"' in code
+    result = run_against_the_proxy(code, tmp_path)
     assert result["rc"] == 0, result["stderr"]
     assert result["stderr"] == ""
     first, streamed = result["stdout"].split("\n", 1)
     assert first == "Hello from the fake upstream!"
     assert streamed == "Hello from the fake upstream!"
+
+
+def test_anthropic_sdk_example(tmp_path: Path) -> None:
+    code = blocks("python")[3]
+    assert "from anthropic import Anthropic" in code
+    assert 'base_url="http://127.0.0.1:8080"' in code
+    result = run_against_the_proxy(code, tmp_path)
+    assert result["rc"] == 0, result["stderr"]
+    assert result["stderr"] == ""
+    assert result["stdout"] == "Hello from the fake upstream!"
 
 
 def test_yaml_example_is_a_valid_config() -> None:

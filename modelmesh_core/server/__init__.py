@@ -8,7 +8,9 @@ pointed at it with ``base_url=http://host:port/v1`` just works.
 Routes: ``POST /v1/chat/completions`` (incremental SSE when ``stream``), ``POST
 /v1/completions``, ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /v1/models/{id}``,
 ``GET /health``, ``GET /ready``, ``GET /metrics`` (Prometheus text), the Files and Batch APIs
-(``/v1/files``, ``/v1/batches``: see :mod:`.batches`), and the admin API:
+(``/v1/files``, ``/v1/batches``: see :mod:`.batches`), the Anthropic-compatible front door
+``POST /v1/messages`` and ``POST /v1/messages/count_tokens`` (Anthropic's shapes, errors
+included, for the ``anthropic`` SDK), and the admin API:
 ``GET /admin/pools``, ``GET /admin/pools/{pool}``, ``POST /admin/pools/{pool}/rotate``,
 ``POST /admin/models/{model}/reactivate``, ``POST /admin/reload``, ``GET /admin/keys``,
 ``GET /admin/status``; and the status page, ``GET /status`` (with ``/status/status.js``,
@@ -33,7 +35,8 @@ Rooms: :mod:`.app` (factory, middleware, runner, ``serve``), :mod:`.routes` (the
 :mod:`.batches` (files and batches), :mod:`.admin`, :mod:`.auth` (keys and the admin guard),
 :mod:`.metrics`, :mod:`.errors` (the error shape), :mod:`.sse` (stream encoding, shared with
 the in-process client), :mod:`.protocol` (the connection layer), :mod:`.status` (the status
-page) and :mod:`.activity` (its per-model counters).
+page) and :mod:`.activity` (its per-model counters), :mod:`.messages` and
+:mod:`.anthropic_wire` (the Anthropic front door: handlers, and the translation both ways).
 """
 
 from __future__ import annotations

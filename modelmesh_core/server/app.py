@@ -26,6 +26,7 @@ from .errors import (
     error_response,
     http_exception_response,
 )
+from .messages import MESSAGES_PREFIX, MessagesAPI, anthropic_error_response
 from .protocol import ProxyRunner, route_aiohttp_logs
 from .routes import ProxyServer
 from .status import StatusPage
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SERVER_STATE", "create_app", "create_runner", "serve"]
 
-_EXPOSED = ("x-request-id, x-modelmesh-model, x-modelmesh-provider, x-modelmesh-pool, "
+_EXPOSED = ("x-request-id, request-id, x-modelmesh-model, x-modelmesh-provider, x-modelmesh-pool, "
             "x-modelmesh-attempts, x-modelmesh-overhead-ms, retry-after")
 _BODY_BACKSTOP = 1 << 30  # the real limit is proxy.limits.max_body_size, checked per request
 _REQUEST_ID_CHARS = 128
@@ -71,18 +72,26 @@ def _make_middleware(server: ProxyServer) -> Any:
             except ClientGone:
                 return web.Response(status=499)
             except web.HTTPException as exc:
-                response = http_exception_response(request, exc, server.max_body)
+                response = http_exception_response(request, exc, server.max_body,
+                                                   render=_renderer(request))
             except Exception as exc:
                 available = None
                 if isinstance(exc, CapabilityNotFoundError):
                     key = (server.auth.keys.get(token(request) or "")
                            if server.auth.required else None)
                     available = server.available_for(key)
-                response = error_response(request, exc, available)
+                response = _renderer(request)(request, exc, available)
         metrics.observe_http(route, response.status, time.perf_counter() - started)
         return response
 
     return edge
+
+
+def _renderer(request: web.Request) -> Any:
+    """The error shape a path speaks: Anthropic's under /v1/messages, else OpenAI's."""
+    if request.path.startswith(MESSAGES_PREFIX):
+        return anthropic_error_response
+    return error_response
 
 
 def _preflight(server: ProxyServer, request: web.Request) -> web.Response:
@@ -128,6 +137,7 @@ def create_app(mesh: ModelMesh, config: ProxyConfig | None = None) -> web.Applic
     server = ProxyServer(mesh, config)
     admin = AdminAPI(server)
     batches = BatchesAPI(server)
+    messages = MessagesAPI(server)
     app = web.Application(client_max_size=_BODY_BACKSTOP,
                           middlewares=[_make_middleware(server)])
     app[SERVER_STATE] = server
@@ -138,6 +148,8 @@ def create_app(mesh: ModelMesh, config: ProxyConfig | None = None) -> web.Applic
     r.add_post("/v1/chat/completions", server.chat_completions)
     r.add_post("/v1/completions", server.completions)
     r.add_post("/v1/embeddings", server.embeddings)
+    r.add_post("/v1/messages", messages.messages)
+    r.add_post("/v1/messages/count_tokens", messages.count_tokens)
     r.add_get("/v1/models", server.list_models, allow_head=False)
     r.add_get("/v1/models/{model:.+}", server.get_model, allow_head=False)
     batches.add_routes(app)

@@ -8,7 +8,7 @@ traceback goes to the debug log).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
@@ -45,8 +45,8 @@ class ClientGone(Exception):
 
 _HTTP_MESSAGES = {
     404: ("Unknown path {path}. The proxy serves /v1/chat/completions, /v1/completions, "
-          "/v1/embeddings, /v1/models, /v1/files, /v1/batches, /health, /ready, /metrics "
-          "and /admin/.", "not_found"),
+          "/v1/embeddings, /v1/messages, /v1/models, /v1/files, /v1/batches, /health, /ready, "
+          "/metrics and /admin/.", "not_found"),
     405: ("Method {method} is not allowed on {path}.", "method_not_allowed"),
 }
 
@@ -73,17 +73,21 @@ def json_error(status: int, message: str, code: str, *, type: str | None = None,
                         content_type=_JSON, headers=headers)
 
 
-def http_exception_response(request: web.Request, exc: web.HTTPException, max_body: int,
-                            ) -> web.StreamResponse:
-    """aiohttp's own HTTP exceptions (404, 405, 413 …) in the OpenAI shape."""
+def http_exception_response(
+    request: web.Request, exc: web.HTTPException, max_body: int,
+    render: Callable[[web.Request, BaseException], web.Response] | None = None,
+) -> web.StreamResponse:
+    """aiohttp's own HTTP exceptions (404, 405, 413 …) in the OpenAI shape (or the shape
+    ``render`` gives, e.g. Anthropic's under ``/v1/messages``)."""
+    render = render or error_response
     if exc.status == 413:
-        return error_response(request, too_large(max_body))
+        return render(request, too_large(max_body))
     if exc.status < 400:
         return exc
     template, code = _HTTP_MESSAGES.get(exc.status, ("{reason}", "http_error"))
     message = template.format(path=clip(request.path), method=clip(request.method, 20),
                               reason=exc.reason)
-    return error_response(request, WireError(message, status=exc.status, code=code))
+    return render(request, WireError(message, status=exc.status, code=code))
 
 
 def error_response(request: web.Request, exc: BaseException,

@@ -322,13 +322,17 @@ class AnthropicAdapter(BatchesMixin):
         if prefill is not None:
             text = prefill.take(text)
         rate = parse_rate_limit(resp.headers)
+        metadata: dict[str, Any] = {"rate_limit": rate} if rate is not None else {}
+        sequence = payload.get("stop_sequence")
+        if payload.get("stop_reason") == "stop_sequence" and isinstance(sequence, str):
+            metadata["stop_sequence"] = sequence  # the OpenAI shape cannot say which one
         return CompletionResponse(
             content=text,
             model=model.id,
             provider=self.name,
             usage=usage_from(payload.get("usage")),
             latency_ms=(loop.time() - start) * 1000.0,
-            metadata={"rate_limit": rate} if rate is not None else {},
+            metadata=metadata,
             id=payload.get("id") or "",
             created=int(time.time()),
             finish_reason=finish,
@@ -613,7 +617,11 @@ class _StreamState:
                 if stop:
                     self.stop_reason = stop
                     finish = FINISH_REASONS.get(stop, stop)
-                return self._chunk(finish=finish, usage=usage_from(merged))
+                chunk = self._chunk(finish=finish, usage=usage_from(merged))
+                sequence = delta.get("stop_sequence")
+                if stop == "stop_sequence" and isinstance(sequence, str):
+                    chunk.metadata["stop_sequence"] = sequence
+                return chunk
         except (KeyError, TypeError, AttributeError):
             raise self.adapter._bad_payload(
                 f"a {kind!r} stream event lacks the fields Anthropic documents", self.model_id
