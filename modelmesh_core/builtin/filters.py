@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..hookspecs import hookimpl
+from ..pipeline import PipelineContext
 from ..pools import Services
 from ..state import ACTIVE
-from ..types import FilterSpec, Model, PipelineContext
+from ..types import FilterSpec, Model
 
 __all__ = [
     "ContextWindowFilter",
