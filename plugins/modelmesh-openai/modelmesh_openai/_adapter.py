@@ -38,6 +38,7 @@ from modelmesh_core.errors import (
 )
 from modelmesh_core.redaction import redact, register_secret
 from modelmesh_core.types import (
+    Choice,
     CompletionRequest,
     CompletionResponse,
     EmbeddingRequest,
@@ -50,6 +51,7 @@ from modelmesh_core.types import (
 )
 
 from ._config import Connector, OpenAIConfig
+from ._operations import OperationsMixin
 
 __all__ = ["OpenAIAdapter", "parse_duration", "parse_rate_limit", "parse_retry_after"]
 
@@ -309,8 +311,10 @@ _PREFILL_PARAMS: dict[str, dict[str, Any]] = {
 """Body parameters a server needs to continue a trailing assistant message (prefill)."""
 
 
-class OpenAIAdapter:
-    """``ProviderAdapter`` for the OpenAI chat completions / embeddings / models API.
+class OpenAIAdapter(OperationsMixin):
+    """``ProviderAdapter`` for the OpenAI chat completions / embeddings / models API, plus
+    the operations of :class:`~modelmesh_openai._operations.OperationsMixin` (images,
+    speech, transcription and translation, moderation).
 
     Built by the connector's factory as ``OpenAIAdapter(context, config, connector)``; it
     holds no session of its own and calls ``context.session()`` at request time.
@@ -356,6 +360,7 @@ class OpenAIAdapter:
         self._embed_urls: dict[str, URL] = {}
         self._models_url = URL(f"{self.base_url}/models{self._query}")
         self._client_timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
+        self._op_urls: dict[tuple[str, str], URL] = {}
         self._prefill_params = _PREFILL_PARAMS.get(connector.name)
 
     def __repr__(self) -> str:
@@ -384,6 +389,10 @@ class OpenAIAdapter:
                 url = URL(f"{self.base_url}/embeddings")
             self._embed_urls[upstream_id] = url
         return url
+
+    @staticmethod
+    def _rate_limit(resp: aiohttp.ClientResponse) -> RateLimitInfo | None:
+        return parse_rate_limit(resp.headers)
 
     def _client_timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
         cached = self._client_timeouts.get(timeouts)
@@ -531,13 +540,18 @@ class OpenAIAdapter:
         start: float,
         deadline: float | None,
         stream: bool,
+        *,
+        headers: list[dict[str, str]] | None = None,
     ) -> aiohttp.ClientResponse:
-        """Send with key rotation; return a response with status < 400 (headers received)."""
+        """Send with key rotation; return a response with status < 400 (headers received).
+
+        ``headers`` replaces the adapter's header sets (one per key, same order), e.g. for a
+        multipart upload."""
         ring = self._ring
         order = ring.order() if ring is not None else (0,)
         if not order:
             raise self._all_keys_aside(model_id)
-        headers_list = self._stream_headers if stream else self._headers
+        headers_list = headers or (self._stream_headers if stream else self._headers)
         client_timeout = self._client_timeout(timeouts)
         session = self._session()
         last: ProviderError | None = None
@@ -696,6 +710,7 @@ class OpenAIAdapter:
             role=message.get("role") or "assistant",
             upstream_model=payload.get("model") or "",
             refusal=message.get("refusal"),
+            choices=_more_choices(payload["choices"]) if len(payload["choices"]) > 1 else (),
         )
 
     async def stream(
@@ -943,6 +958,25 @@ class OpenAIAdapter:
         """Nothing to release: the shared session belongs to the mesh."""
         self._chat_urls.clear()
         self._embed_urls.clear()
+
+
+def _more_choices(raw: list[Any]) -> tuple[Choice, ...]:
+    """Choices 1…n-1 of an answer asked with ``n > 1``, in index order."""
+    out: list[Choice] = []
+    try:
+        for item in sorted(raw, key=lambda c: c.get("index", 0))[1:]:
+            message = item["message"]
+            out.append(Choice(
+                index=int(item.get("index", len(out) + 1)),
+                content=message.get("content") or "",
+                finish_reason=item.get("finish_reason"),
+                tool_calls=_tool_calls(message.get("tool_calls"), False),
+                role=message.get("role") or "assistant",
+                refusal=message.get("refusal"),
+            ))
+    except (KeyError, TypeError, AttributeError, ValueError):
+        raise ProviderError("an extra choice has no message", retryable=True) from None
+    return tuple(out)
 
 
 def _vector(raw: Any) -> list[float]:
