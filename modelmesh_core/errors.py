@@ -19,6 +19,7 @@ __all__ = [
     "ConfigError",
     "ContentFilterError",
     "ContextLengthError",
+    "InvalidRequestError",
     "ModelMeshError",
     "NoActiveModelError",
     "OperationNotSupportedError",
@@ -69,6 +70,21 @@ class PluginError(ModelMeshError):
 class PluginLoadWarning(UserWarning):
     """An installed plugin failed to load and was skipped (issued through :mod:`warnings`, so
     an application embedding ModelMesh sees it without enabling ModelMesh's logger)."""
+
+class InvalidRequestError(ModelMeshError):
+    """The caller's request cannot be sent as it is (too deeply nested, not encodable, …).
+
+    Raised by adapters while building the upstream body, before anything is sent; the router
+    passes it to the caller unchanged: it says nothing about the model's health, so it is
+    never recorded against the model and never moves the request to another candidate.
+    ``param`` names the offending field when known; ``status`` is 400.
+    """
+
+    status = 400
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class RoutingError(ModelMeshError):

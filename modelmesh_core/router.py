@@ -31,7 +31,12 @@ from attrs import define
 
 from .attempts import AttemptLoop, as_provider_error
 from .budget import BudgetTracker
-from .errors import CapabilityNotFoundError, NoActiveModelError, ProviderError
+from .errors import (
+    CapabilityNotFoundError,
+    InvalidRequestError,
+    NoActiveModelError,
+    ProviderError,
+)
 from .events import EventEmitter, EventType
 from .observability import RequestLogger, Tracer
 from .operations import (
@@ -516,6 +521,9 @@ class Router:
             except asyncio.CancelledError:
                 loop.release()
                 raise
+            except InvalidRequestError:
+                loop.release()  # the caller's request, not the model: no record
+                raise
             except Exception as exc:
                 await loop.failed(exc)
                 continue
@@ -574,80 +582,91 @@ class Router:
         first_overhead: float | None = None
         last: CompletionResponse | None = None
         total_cost = 0.0
-        while loop.next():
-            model = loop.model
-            sent = splice.begin(model)
-            chunks: Any = loop.provider.adapter.stream(model, sent, loop.timeouts)
-            try:
-                async for chunk in chunks:
-                    out = splice.feed(chunk)
-                    if out is None:
-                        continue
-                    if first_overhead is None:
-                        loop.upstream += perf_counter() - loop.started
-                        md = out.metadata
-                        md["attempts"] = loop.attempts
-                        md["pool"] = result.pool.name
-                        md["request_id"] = request_id
-                        md["overhead_ms"] = first_overhead = (
-                            perf_counter() - t0 - loop.upstream) * 1000.0
-                    last = out
-                    yield out
-                splice.complete()
-            except (asyncio.CancelledError, GeneratorExit):
-                total_cost += self._abandoned(loop, splice)
-                raise
-            except SpliceMismatch as why:
-                # The restarted answer cannot be spliced: end cleanly, naming the first break.
-                loop.release()
-                usage, estimated = splice.segment_usage()
-                total_cost += loop.charged(usage)
-                broken = splice.broken
-                assert broken is not None
-                error = loop.interrupted(broken, len(splice.delivered),
-                                         f"{model.id} could not continue it ({why})")
-                loop.fail_request(error)
-                raise error from None
-            except Exception as raw:
-                exc = as_provider_error(raw, model)
-                if splice.broken is not None and splice.rejected_prefill(model, exc):
-                    # Not the caller's error, not the model's: restart there without prefill.
-                    loop.upstream += perf_counter() - loop.started
+        try:
+            while loop.next():
+                model = loop.model
+                sent = splice.begin(model)
+                chunks: Any = loop.provider.adapter.stream(model, sent, loop.timeouts)
+                try:
+                    async for chunk in chunks:
+                        out = splice.feed(chunk)
+                        if out is None:
+                            continue
+                        if first_overhead is None:
+                            loop.upstream += perf_counter() - loop.started
+                            md = out.metadata
+                            md["attempts"] = loop.attempts
+                            md["pool"] = result.pool.name
+                            md["request_id"] = request_id
+                            md["overhead_ms"] = first_overhead = (
+                                perf_counter() - t0 - loop.upstream) * 1000.0
+                        last = out
+                        yield out
+                    splice.complete()
+                except (asyncio.CancelledError, GeneratorExit):
+                    total_cost += self._abandoned(loop, splice)
+                    if last is not None:
+                        last.metadata["cancelled"] = True
+                    raise
+                except InvalidRequestError:
+                    loop.release()  # the caller's request, not the model: no record
+                    raise
+                except SpliceMismatch as why:
+                    # The restarted answer cannot be spliced: end cleanly, naming the first break.
                     loop.release()
-                    loop.emit(EventType.ATTEMPT_FAILED, attempt=loop.attempts,
-                              error=type(exc).__name__, status=exc.status,
-                              message=f"prefill rejected: {str(exc)[:250]}")
+                    usage, estimated = splice.segment_usage()
+                    total_cost += loop.charged(usage)
+                    broken = splice.broken
+                    assert broken is not None
+                    error = loop.interrupted(broken, len(splice.delivered),
+                                             f"{model.id} could not continue it ({why})")
+                    loop.fail_request(error)
+                    raise error from None
+                except Exception as raw:
+                    exc = as_provider_error(raw, model)
+                    if splice.broken is not None and splice.rejected_prefill(model, exc):
+                        # Not the caller's error, not the model's: restart there without prefill.
+                        loop.upstream += perf_counter() - loop.started
+                        loop.release()
+                        loop.emit(EventType.ATTEMPT_FAILED, attempt=loop.attempts,
+                                  error=type(exc).__name__, status=exc.status,
+                                  message=f"prefill rejected: {str(exc)[:250]}")
+                        continue
+                    mid_stream = splice.released
+                    if mid_stream:
+                        total_cost += self._broke(loop, splice, exc)
+                    outcome = await loop.failed(
+                        exc, mid_stream=mid_stream, delivered=len(splice.delivered),
+                        # Tool-call arguments can be neither continued nor spliced.
+                        stop="a tool call was in progress" if splice.tools else None)
+                    if outcome is Outcome.CONTINUE:
+                        loop.emit(EventType.STREAM_CONTINUED, delivered_chars=len(splice.delivered),
+                                  continuation=loop.continuations, error=type(exc).__name__)
                     continue
-                mid_stream = splice.released
-                if mid_stream:
-                    total_cost += self._broke(loop, splice, exc)
-                outcome = await loop.failed(
-                    exc, mid_stream=mid_stream, delivered=len(splice.delivered),
-                    # Tool-call arguments can be neither continued nor spliced.
-                    stop="a tool call was in progress" if splice.tools else None)
-                if outcome is Outcome.CONTINUE:
-                    loop.emit(EventType.STREAM_CONTINUED, delivered_chars=len(splice.delivered),
-                              continuation=loop.continuations, error=type(exc).__name__)
-                continue
-            finally:
-                await chunks.aclose()
-            elapsed = perf_counter() - loop.started
-            usage, estimated = splice.segment_usage()
-            # An upstream that reports no usage is billed from an estimate, never as free.
-            cost = loop.succeeded(usage, splice.rate_limit, elapsed)
-            total_cost += cost
-            assert last is not None
-            md = last.metadata
-            md["cost"] = total_cost
-            md["attempts"] = loop.attempts
-            if splice.segments is not None:
-                splice.close_segment(model, "complete", usage, estimated, cost)
-                md["continuations"] = len(splice.segments) - 1
-                md["segments"] = [s.as_dict() for s in splice.segments]
-            if self._event_emitter.enabled:
-                loop.report_success(elapsed, total_cost, usage, first_overhead, None)
-            return
-        raise loop.exhausted(delivered=len(splice.delivered), broken=splice.broken)
+                finally:
+                    await chunks.aclose()
+                elapsed = perf_counter() - loop.started
+                usage, estimated = splice.segment_usage()
+                # An upstream that reports no usage is billed from an estimate, never as free.
+                cost = loop.succeeded(usage, splice.rate_limit, elapsed)
+                total_cost += cost
+                assert last is not None
+                md = last.metadata
+                md["cost"] = total_cost
+                md["attempts"] = loop.attempts
+                if splice.segments is not None:
+                    splice.close_segment(model, "complete", usage, estimated, cost)
+                    md["continuations"] = len(splice.segments) - 1
+                    md["segments"] = [s.as_dict() for s in splice.segments]
+                if self._event_emitter.enabled:
+                    loop.report_success(elapsed, total_cost, usage, first_overhead, None)
+                return
+            raise loop.exhausted(delivered=len(splice.delivered), broken=splice.broken)
+        finally:
+            if last is not None:
+                # What the stream cost, however it ended (completed, failed, abandoned): the
+                # proxy bills virtual keys from it.
+                last.metadata["cost"] = total_cost
 
     @staticmethod
     def _broke(loop: AttemptLoop, splice: Splice, exc: ProviderError) -> float:

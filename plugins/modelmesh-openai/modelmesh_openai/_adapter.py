@@ -31,11 +31,13 @@ from modelmesh_core.errors import (
     AuthenticationError,
     ContentFilterError,
     ContextLengthError,
+    InvalidRequestError,
     ProviderError,
     ProviderTimeoutError,
     RateLimitError,
     StreamInterruptedError,
 )
+from modelmesh_core.limits import MAX_JSON_DEPTH, too_deep
 from modelmesh_core.redaction import redact, register_secret
 from modelmesh_core.types import (
     Choice,
@@ -432,7 +434,19 @@ class OpenAIAdapter(OperationsMixin):
         else:
             body.pop("stream", None)
             body.pop("stream_options", None)
-        return self._dumps(body)
+        return self._encode(body, model)
+
+    def _encode(self, body: dict[str, Any], model: Model) -> bytes:
+        """``body`` as JSON; what the caller sent that cannot be encoded is their error."""
+        try:
+            return self._dumps(body)
+        except TypeError as exc:  # orjson.JSONEncodeError: too deep, not JSON-able, …
+            # What the caller sent cannot be encoded: their error (400), not the model's.
+            deep = too_deep(body)
+            raise InvalidRequestError(
+                f"The request cannot be encoded as JSON for {model.id}: {exc}"
+                + (f" (nested deeper than {MAX_JSON_DEPTH} levels at '{deep[:80]}')."
+                   if deep else "."), param=deep[:80] if deep else None) from None
 
     # ------------------------------------------------------------------ errors
 
@@ -908,13 +922,14 @@ class OpenAIAdapter(OperationsMixin):
         body: dict[str, Any] = dict(request.extra) if request.extra else {}
         body["model"] = model.upstream_id
         body["input"] = request.input
+        data = self._encode(body, model)
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = start + timeouts.total if timeouts.total is not None else None
         resp = await self._send(
             "POST",
             self._embed_url(model.upstream_id),
-            self._dumps(body),
+            data,
             timeouts,
             model.id,
             start,
