@@ -449,7 +449,11 @@ class ProviderSpec:
 
     Attributes:
         name: connector id, ``vendor.service.vN`` (e.g. ``"openai.llm.v1"``).
-        factory: ``factory(context: ProviderContext, config) -> ProviderAdapter``.
+        factory: ``factory(context: ProviderContext, config) -> adapter``: a
+            :class:`ProviderAdapter` for chat providers; a provider of other operations only
+            needs the methods of the operations it serves (``images``, ``speech``,
+            ``transcribe``, ``rerank``, ``search``, ``moderate``, ``scrape``, ``embed``; see
+            :mod:`modelmesh_core.operations`) plus ``list_models`` and ``close``.
         config_type: attrs class the entry's ``config:`` is structured into.
         env_vars: environment variables that hold an API key (or host, for local servers);
             the first one set enables auto-detection.
@@ -461,7 +465,7 @@ class ProviderSpec:
     """
 
     name: str
-    factory: Callable[..., ProviderAdapter]
+    factory: Callable[..., Any]
     config_type: type | None = field(factory=_no_config_type)
     env_vars: tuple[str, ...] = ()
     default_base_url: str | None = None

@@ -25,6 +25,7 @@ from .errors import (
     error_response,
     http_exception_response,
 )
+from .operations import add_operation_routes
 from .protocol import ProxyRunner, route_aiohttp_logs
 from .routes import ProxyServer
 
@@ -135,6 +136,7 @@ def create_app(mesh: ModelMesh, config: ProxyConfig | None = None) -> web.Applic
     r.add_post("/v1/chat/completions", server.chat_completions)
     r.add_post("/v1/completions", server.completions)
     r.add_post("/v1/embeddings", server.embeddings)
+    add_operation_routes(app, server)
     r.add_get("/v1/models", server.list_models, allow_head=False)
     r.add_get("/v1/models/{model:.+}", server.get_model, allow_head=False)
     r.add_get("/health", server.health)
