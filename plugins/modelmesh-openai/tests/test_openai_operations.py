@@ -109,15 +109,22 @@ async def test_speech_cut_mid_audio_is_retryable_never_a_short_success(
     assert info.value.retryable
 
 
-async def test_speech_json_instead_of_audio_is_an_error(
+async def test_speech_rejected_request_is_a_caller_error(
         make_adapter: Callable[..., OpenAIAdapter], fake: FakeUpstream) -> None:
-    fake.script(Reply())  # a 200 is fine, but point the adapter at the chat endpoint shape
-    adapter = make_adapter()
-    wrong = model("gpt-4o-mini", "generation.audio-generation.text-to-speech")
-    # the fake answers a JSON 400 for a missing voice: a non-retryable caller error
+    # the fake answers OpenAI's JSON 400 for an empty input: not retryable
     with pytest.raises(ProviderError) as info:
-        await adapter.speech(wrong, SpeechRequest(input="", voice="alloy"), FAST)
+        await make_adapter().speech(TTS, SpeechRequest(input="", voice="alloy"), FAST)
     assert info.value.status == 400 and not info.value.retryable
+
+
+async def test_speech_html_instead_of_audio_is_a_retryable_error(
+        make_adapter: Callable[..., OpenAIAdapter], fake: FakeUpstream) -> None:
+    from modelmesh_core.fakes import WrongContentType
+
+    fake.script(WrongContentType())
+    with pytest.raises(ProviderError) as info:
+        await make_adapter().speech(TTS, SpeechRequest(input="hi", voice="alloy"), FAST)
+    assert info.value.retryable and "expected audio" in str(info.value)
 
 
 # --------------------------------------------------------------------------- transcription
