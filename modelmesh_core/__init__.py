@@ -19,6 +19,7 @@ from .errors import (
     ContextLengthError,
     ModelMeshError,
     NoActiveModelError,
+    OperationNotSupportedError,
     PluginError,
     PluginLoadWarning,
     ProviderError,
@@ -28,8 +29,6 @@ from .errors import (
     StreamInterruptedError,
 )
 from .hookspecs import hookimpl, hookspec
-from .pipeline import PipelineStage, RoutingPipeline
-from .pools import CapabilityPool, Services
 from .types import (
     BatchJob,
     CapabilitySpec,
@@ -42,9 +41,7 @@ from .types import (
     MiddlewareSpec,
     Model,
     ModelInfo,
-    PipelineContext,
-    PipelineRequest,
-    PipelineResult,
+    OperationSpec,
     Pricing,
     Provider,
     ProviderContext,
@@ -88,6 +85,8 @@ __all__ = [
     "ModelMesh",
     "ModelMeshError",
     "NoActiveModelError",
+    "OperationNotSupportedError",
+    "OperationSpec",
     "PipelineContext",
     "PipelineRequest",
     "PipelineResult",
@@ -123,12 +122,26 @@ __all__ = [
 ]
 
 
+_PIPELINE = frozenset({
+    "PipelineContext", "PipelineRequest", "PipelineResult", "PipelineStage", "RoutingPipeline",
+})
+
+
 def __getattr__(name: str) -> object:
-    # Heavier modules (aiohttp sessions, the client) load on first use to keep import cheap.
+    # Heavier modules (the configuration schema, aiohttp sessions, the client) load on first
+    # use to keep import cheap.
     if name == "ModelMesh":
         from .mesh import ModelMesh
 
         return ModelMesh
+    if name in _PIPELINE:
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    if name in ("CapabilityPool", "Services"):
+        from . import pools
+
+        return getattr(pools, name)
     if name == "Router":
         from .router import Router
 

@@ -39,9 +39,10 @@ from .errors import (
 )
 from .events import EventEmitter, EventType
 from .observability import RequestLogger, Tracer
+from .pipeline import PipelineRequest, PipelineResult
 from .retry import DEFAULT_STREAMING, Outcome, RetryState
 from .rotation import RotationManager
-from .types import Model, PipelineRequest, PipelineResult, Provider, RateLimitInfo, Timeouts
+from .types import Model, Provider, RateLimitInfo, Timeouts
 
 if TYPE_CHECKING:
     from .budget import BudgetTracker
@@ -255,11 +256,14 @@ class AttemptLoop:
 
     def succeeded(self, usage: Mapping[str, int] | None, rate_limit: RateLimitInfo | None,
                   elapsed: float, *, model: Model | None = None,
-                  state: ModelState | None = None) -> float:
-        """Record a successful attempt; return its cost."""
+                  state: ModelState | None = None, requests: int = 1) -> float:
+        """Record a successful attempt; return its cost. ``requests`` is the number of
+        upstream calls the attempt made (each pays the per-request price)."""
         model = model or self.model
         st = state or self.state
         cost = cost_of(model, usage) if usage else model.pricing.per_request
+        if requests > 1:
+            cost += (requests - 1) * model.pricing.per_request
         pool = self.pool
         self._rotation.success(
             pool, model, st, latency_ms=elapsed * 1000.0,

@@ -30,7 +30,6 @@ from .types import (
     CompletionRequest,
     CompletionResponse,
     Model,
-    PipelineRequest,
     Provider,
     Usage,
 )
@@ -38,6 +37,7 @@ from .types import (
 if TYPE_CHECKING:
     from .budget import BudgetTracker
     from .config import BatchConfig
+    from .pipeline import PipelineRequest
     from .router import Router
 
 __all__ = [
@@ -59,6 +59,7 @@ def batch_pipeline_request(
 ) -> PipelineRequest:
     """``base`` in the ``batch`` delivery mode, needing what every request needs (the union
     of their features, the largest token estimate), since one model answers them all."""
+    from .pipeline import PipelineRequest
     from .router import estimate_request
 
     tokens = 0

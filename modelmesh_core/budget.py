@@ -14,9 +14,10 @@ from .config import BudgetConfig, OnBudgetExceeded
 from .errors import BudgetExceededError
 from .events import EventEmitter, EventType
 from .state import UsageWindows
-from .types import Model, PipelineContext, Usage
+from .types import Model, Usage
 
 if TYPE_CHECKING:
+    from .pipeline import PipelineContext
     from .state import Clock
 
 __all__ = ["DEFAULT_OUTPUT_TOKENS", "BudgetTracker", "estimate_cost"]

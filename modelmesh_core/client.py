@@ -24,6 +24,7 @@ from typing import Any
 
 from .config import MeshConfig
 from .mesh import ModelMesh
+from .operations import SpeechResponse
 from .server.sse import StreamEncoder
 from .types import CompletionResponse, RoutingOptions
 from .wire import (
@@ -33,8 +34,19 @@ from .wire import (
     parse_chat_request,
     parse_embeddings_request,
 )
+from .wire_ops import (
+    image_to_dict,
+    moderation_to_dict,
+    parse_image_request,
+    parse_moderation_request,
+    parse_speech_request,
+    parse_transcription_request,
+    transcription_body,
+)
 
-__all__ = ["AsyncMeshClient", "MeshClient", "OpenAIObject", "create", "create_async"]
+__all__ = [
+    "AsyncMeshClient", "BinaryContent", "MeshClient", "OpenAIObject", "create", "create_async",
+]
 
 ConfigSource = str | os.PathLike[str] | Mapping[str, Any] | MeshConfig | None
 
@@ -207,6 +219,135 @@ class _AsyncEmbeddings:
         return OpenAIObject(embeddings_to_dict(resp, params.get("encoding_format") or "float"))
 
 
+class _AsyncImages:
+    def __init__(self, client: AsyncMeshClient) -> None:
+        self._client = client
+
+    async def generate(self, *, prompt: str, model: str | None = None, **params: Any) -> Any:
+        """Like ``AsyncOpenAI().images.generate``: ``data[].url`` or ``data[].b64_json``."""
+        client = self._client
+        name, request = parse_image_request(
+            {"prompt": prompt, "model": model or client.default_model, **_clean(params)})
+        mesh = await client._ready()
+        resp = await mesh.router.images(name, request, _options(params))
+        client._usage.add(resp.usage, resp.metadata)
+        return OpenAIObject(image_to_dict(resp))
+
+
+class BinaryContent:
+    """The answer of ``audio.speech.create``: the audio bytes, as the OpenAI SDK's binary
+    response (``content``, ``read()``, ``write_to_file(path)``, ``iter_bytes()``)."""
+
+    def __init__(self, response: SpeechResponse) -> None:
+        self.response = response
+        self.content = response.audio
+        self.content_type = response.content_type
+
+    def read(self) -> bytes:
+        """The audio bytes."""
+        return self.content
+
+    def iter_bytes(self, chunk_size: int = 65536) -> Iterator[bytes]:
+        """The audio in chunks."""
+        for i in range(0, len(self.content), chunk_size):
+            yield self.content[i:i + chunk_size]
+
+    def write_to_file(self, file: str | os.PathLike[str]) -> None:
+        """Write the audio to ``file``."""
+        with open(file, "wb") as out:
+            out.write(self.content)
+
+
+class _AsyncSpeech:
+    def __init__(self, client: AsyncMeshClient) -> None:
+        self._client = client
+
+    async def create(self, *, input: str, voice: Any, model: str | None = None,
+                     **params: Any) -> BinaryContent:
+        """Like ``AsyncOpenAI().audio.speech.create``; returns the audio."""
+        client = self._client
+        name, request = parse_speech_request(
+            {"input": input, "voice": voice, "model": model or client.default_model,
+             **_clean(params)})
+        mesh = await client._ready()
+        resp = await mesh.router.speech(name, request, _options(params))
+        client._usage.add(resp.usage, resp.metadata)
+        return BinaryContent(resp)
+
+
+def _file_part(file: Any) -> tuple[bytes, str, str | None]:
+    """``file`` as the OpenAI SDK takes it: bytes, a path, an open binary file, or a
+    ``(filename, content[, content_type])`` tuple."""
+    if isinstance(file, tuple):
+        filename, content = file[0], file[1]
+        ctype = file[2] if len(file) > 2 else None
+        data, _, _ = _file_part(content)
+        return data, str(filename), ctype
+    if isinstance(file, bytes | bytearray | memoryview):
+        return bytes(file), "audio", None
+    if isinstance(file, str | os.PathLike):
+        with open(file, "rb") as handle:
+            return handle.read(), os.path.basename(os.fspath(file)), None
+    read = getattr(file, "read", None)
+    if read is not None:
+        data = read()
+        name = os.path.basename(str(getattr(file, "name", "audio")))
+        return (data.encode() if isinstance(data, str) else bytes(data)), name, None
+    raise TypeError(f"file must be bytes, a path, a binary file or a tuple, not "
+                    f"{type(file).__name__}")
+
+
+class _AsyncTranscriptions:
+    def __init__(self, client: AsyncMeshClient, translate: bool) -> None:
+        self._client = client
+        self._translate = translate
+
+    async def create(self, *, file: Any, model: str | None = None, **params: Any) -> Any:
+        """Like ``AsyncOpenAI().audio.transcriptions.create`` (``translations`` when this
+        is ``audio.translations``): an object with ``text`` for ``json`` /
+        ``verbose_json``, the text itself for ``text``, ``srt`` and ``vtt``."""
+        client = self._client
+        fields = {"model": model or client.default_model, **_clean(params)}
+        name, request = parse_transcription_request(fields, _file_part(file),
+                                                    translate=self._translate)
+        mesh = await client._ready()
+        resp = await mesh.router.transcribe(name, request, _options(params))
+        client._usage.add(resp.usage, resp.metadata)
+        body, _ = transcription_body(resp)
+        if isinstance(body, bytes):
+            return body.decode("utf-8")
+        return OpenAIObject(body)
+
+
+class _AsyncAudio:
+    def __init__(self, client: AsyncMeshClient) -> None:
+        self.speech = _AsyncSpeech(client)
+        self.transcriptions = _AsyncTranscriptions(client, translate=False)
+        self.translations = _AsyncTranscriptions(client, translate=True)
+
+
+class _AsyncModerations:
+    def __init__(self, client: AsyncMeshClient) -> None:
+        self._client = client
+
+    async def create(self, *, input: Any, model: str | None = None, **params: Any) -> Any:
+        """Like ``AsyncOpenAI().moderations.create``."""
+        client = self._client
+        name, request = parse_moderation_request(
+            {"input": input, "model": model or client.default_model, **_clean(params)})
+        mesh = await client._ready()
+        resp = await mesh.router.moderate(name, request, _options(params))
+        client._usage.add(resp.usage, resp.metadata)
+        return OpenAIObject(moderation_to_dict(resp))
+
+
+def _clean(params: dict[str, Any]) -> dict[str, Any]:
+    """The request parameters of a call: OpenAI SDK transport options and ModelMesh's
+    routing keywords are taken out."""
+    return {k: v for k, v in params.items()
+            if k not in ("extra_headers", "timeout", "session_id", "preferred_provider")}
+
+
 class _AsyncModels:
     def __init__(self, client: AsyncMeshClient) -> None:
         self._client = client
@@ -236,6 +377,9 @@ class AsyncMeshClient:
         self.chat = _AsyncChat(self)
         self.embeddings = _AsyncEmbeddings(self)
         self.models = _AsyncModels(self)
+        self.images = _AsyncImages(self)
+        self.audio = _AsyncAudio(self)
+        self.moderations = _AsyncModerations(self)
 
     async def _ready(self) -> ModelMesh:
         if self.mesh.started:
@@ -355,6 +499,49 @@ class _SyncEmbeddings:
         return c.mesh.run_sync(c._async.embeddings.create(input=input, model=model, **params))
 
 
+class _SyncCall:
+    """A blocking twin of one async namespace method, run on the mesh's loop thread."""
+
+    def __init__(self, client: MeshClient, method: Any) -> None:
+        self._client = client
+        self._method = method
+
+    def __call__(self, **params: Any) -> Any:
+        return self._client.mesh.run_sync(self._method(**params))
+
+
+class _SyncImages:
+    def __init__(self, client: MeshClient) -> None:
+        self.generate = _SyncCall(client, client._async.images.generate)
+        """Like ``OpenAI().images.generate``."""
+
+
+class _SyncSpeech:
+    def __init__(self, client: MeshClient) -> None:
+        self.create = _SyncCall(client, client._async.audio.speech.create)
+        """Like ``OpenAI().audio.speech.create``."""
+
+
+class _SyncTranscriptions:
+    def __init__(self, client: MeshClient, method: Any) -> None:
+        self.create = _SyncCall(client, method)
+        """Like ``OpenAI().audio.transcriptions.create`` / ``translations.create``."""
+
+
+class _SyncAudio:
+    def __init__(self, client: MeshClient) -> None:
+        audio = client._async.audio
+        self.speech = _SyncSpeech(client)
+        self.transcriptions = _SyncTranscriptions(client, audio.transcriptions.create)
+        self.translations = _SyncTranscriptions(client, audio.translations.create)
+
+
+class _SyncModerations:
+    def __init__(self, client: MeshClient) -> None:
+        self.create = _SyncCall(client, client._async.moderations.create)
+        """Like ``OpenAI().moderations.create``."""
+
+
 class _SyncModels:
     def __init__(self, client: MeshClient) -> None:
         self._client = client
@@ -379,6 +566,9 @@ class MeshClient:
         self.chat = _SyncChat(self)
         self.embeddings = _SyncEmbeddings(self)
         self.models = _SyncModels(self)
+        self.images = _SyncImages(self)
+        self.audio = _SyncAudio(self)
+        self.moderations = _SyncModerations(self)
 
     def describe(self) -> dict[str, Any]:
         """Providers, models, pools and stages in force."""

@@ -390,6 +390,7 @@ class ProxyLimitsConfig:
     """Request and connection limits of the proxy."""
 
     max_body_size: ByteSize = ByteSize(4 * 2**20)
+    max_upload_size: ByteSize = ByteSize(25 * 2**20)
     max_concurrency: int | None = None
     max_connections: int = 1024
     max_file_size: ByteSize = ByteSize(64 * 2**20)
@@ -886,6 +887,7 @@ _RANGES: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("ProxyLimitsConfig", "max_body_size"): _at_least(1),
     ("ProxyLimitsConfig", "max_file_size"): _at_least(1),
     ("ProxyLimitsConfig", "max_files_size"): _at_least(1),
+    ("ProxyLimitsConfig", "max_upload_size"): _at_least(1),
     ("ProxyLimitsConfig", "max_connections"): _at_least(1),
     ("ProxyLimitsConfig", "header_timeout"): _positive,
     ("ProxyLimitsConfig", "body_timeout"): _positive,

@@ -23,6 +23,7 @@ __all__ = [
     "InvalidRequestError",
     "ModelMeshError",
     "NoActiveModelError",
+    "OperationNotSupportedError",
     "PluginError",
     "PluginLoadWarning",
     "ProviderError",
@@ -103,6 +104,23 @@ class RoutingError(ModelMeshError):
 
 class CapabilityNotFoundError(RoutingError):
     """The requested capability, alias or virtual model name matches nothing."""
+
+
+class OperationNotSupportedError(CapabilityNotFoundError):
+    """The name resolved to a pool (or model), but nothing in it can serve the operation
+    asked for (embeddings from a chat pool, a chat completion from an embedding model).
+
+    ``operation`` is the operation's name, ``pool`` the pool the name resolved to, and
+    ``serves`` the operations that pool's models can serve. It is the caller's error: the
+    proxy answers 400.
+    """
+
+    def __init__(self, message: str, *, operation: str, pool: str,
+                 serves: Sequence[str] = ()) -> None:
+        self.operation = operation
+        self.pool = pool
+        self.serves: tuple[str, ...] = tuple(serves)
+        super().__init__(message)
 
 
 class NoActiveModelError(RoutingError):

@@ -10,6 +10,14 @@ OpenAI-compatible provider adapter talks to, in the documented wire shapes:
   ``data: [DONE]``);
 * ``POST /v1/embeddings`` — deterministic, hash-based unit vectors (``float`` or ``base64``);
 * ``GET /v1/models`` — the configured model list;
+* ``POST /v1/images/generations`` — ``url`` or ``b64_json`` images (``dall-e-*`` shape, with
+  ``revised_prompt`` for ``dall-e-3``; ``gpt-image-*`` always answers ``b64_json`` with token
+  ``usage`` and rejects ``response_format``); ``POST /v1/audio/speech`` — deterministic
+  audio bytes of the asked format, sent chunked; ``POST /v1/audio/transcriptions`` and
+  ``/v1/audio/translations`` — a multipart upload answered as ``json``, ``text``, ``srt``,
+  ``vtt`` or ``verbose_json`` (the transcript is :class:`Reply` ``content``);
+  ``POST /v1/moderations`` — OpenAI's moderation object (inputs with violent words are
+  flagged);
 * the Azure OpenAI shapes ``/openai/deployments/{deployment}/chat/completions`` and
   ``…/embeddings`` (authenticated by an ``api-key`` header); see
   :attr:`FakeUpstream.azure_base_url`;
@@ -58,6 +66,7 @@ import orjson
 from aiohttp import web
 from attrs import define, evolve, field, frozen
 
+from . import fakebatches as _fakebatches
 from .fakebatches import BatchRun, FilesBatchesMixin
 
 __all__ = [
@@ -80,6 +89,7 @@ __all__ = [
     "StallStream",
     "StreamError",
     "WrongContentType",
+    "fake_audio",
     "format_reset",
     "tool_call",
 ]
@@ -362,6 +372,10 @@ Behaviour: TypeAlias = (
 )
 """Any scriptable behaviour record."""
 
+# fakebatches is imported above this alias (its mixin is a base of FakeUpstream): give its
+# annotations the alias, so that typing.get_type_hints resolves BatchRun's fields.
+_fakebatches.Behaviour = Behaviour  # type: ignore[attr-defined]
+
 
 class Prefill(enum.StrEnum):
     """What the fake does with a chat request whose last message is the assistant's (a
@@ -633,6 +647,11 @@ class FakeUpstream(FilesBatchesMixin):
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/images/generations", self._images)
+        app.router.add_post("/v1/audio/speech", self._speech)
+        app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
+        app.router.add_post("/v1/audio/translations", self._transcriptions)
+        app.router.add_post("/v1/moderations", self._moderations)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat)
         app.router.add_post("/openai/deployments/{deployment}/embeddings", self._embeddings)
         app.router.add_get("/openai/models", self._models)
@@ -1031,7 +1050,7 @@ class FakeUpstream(FilesBatchesMixin):
         completion = _Completion(self, body, reply, next(self._ids))
         if not stream:
             return web.Response(
-                body=_dumps(completion.object()),
+                body=_dumps(_with_n(completion.object(), body.get("n"))),
                 content_type="application/json",
                 headers=headers,
             )
@@ -1089,6 +1108,275 @@ class FakeUpstream(FilesBatchesMixin):
         except ConnectionError:
             pass
         return resp
+
+
+    # ------------------------------------------------------------------ other operations
+
+    async def _accept_multipart(
+        self, request: web.Request
+    ) -> tuple[dict[str, Any], Behaviour, dict[str, str]] | web.Response:
+        """Like ``_accept`` for a ``multipart/form-data`` upload: the recorded body holds the
+        form fields, and the file part as ``{"filename", "content_type", "size", "data"}``."""
+        fields: dict[str, Any] = {}
+        parse_error = None
+        try:
+            form = await request.post()
+        except ValueError as exc:
+            form, parse_error = None, str(exc)
+        if form is not None:
+            for key, value in form.items():
+                if isinstance(value, web.FileField):
+                    data = value.file.read()
+                    fields[key] = {"filename": value.filename,
+                                   "content_type": value.content_type,
+                                   "size": len(data), "data": data}
+                elif key in fields:
+                    previous = fields[key]
+                    fields[key] = [*previous, value] if isinstance(previous, list) else [
+                        previous, value]
+                else:
+                    fields[key] = value
+        failure = self._auth_failure(request)
+        if failure is not None:
+            behaviour: Behaviour = failure
+            scripted = False
+        else:
+            picked, scripted = self._next()
+            behaviour = self._resolve(picked)
+        self.calls.append(RecordedCall(
+            path=request.path, method=request.method,
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=fields, time=time.monotonic(), behaviour=behaviour, scripted=scripted))
+        if failure is None and (parse_error is not None
+                                or not request.content_type.startswith("multipart/")):
+            return self._error(Fail(400, message=(
+                "Expected a multipart/form-data request body with a 'file' part.")), {})
+        headers = self._rate_headers(0)
+        headers["x-request-id"] = f"req_fake{next(self._ids):012d}"
+        return fields, behaviour, headers
+
+    async def _early(self, request: web.Request, behaviour: Behaviour,
+                     headers: dict[str, str]) -> web.StreamResponse | None:
+        early = await self._common(request, behaviour, headers)
+        if early is not None:
+            return early
+        if isinstance(behaviour, CutStream | StallStream):
+            return await self._partial_body(request, behaviour, headers)
+        if isinstance(behaviour, MalformedChunk):
+            return await self._common(request, MalformedJSON(), headers)
+        return None
+
+    def _reply(self, behaviour: Behaviour) -> Reply:
+        return behaviour if isinstance(behaviour, Reply) else (
+            self.default if isinstance(self.default, Reply) else Reply())
+
+    async def _images(self, request: web.Request) -> web.StreamResponse:
+        accepted = await self._accept(request)
+        if isinstance(accepted, web.Response):
+            return accepted
+        body, behaviour, headers = accepted
+        early = await self._early(request, behaviour, headers)
+        if early is not None:
+            return early
+        reply = self._reply(behaviour)
+        await self._pause(reply.delay)
+        model = str(body.get("model") or "dall-e-2")
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            return self._error(Fail(400, message="'prompt' is a required property"), headers)
+        n = body.get("n") or 1
+        fmt = body.get("response_format")
+        gpt_image = model.startswith("gpt-image")
+        if gpt_image and fmt is not None:
+            return self._error(Fail(400, message="Unknown parameter: 'response_format'.",
+                                    code="unknown_parameter"), headers)
+        stamp = hashlib.sha256(f"{model}:{prompt}".encode()).hexdigest()[:16]
+        data = []
+        for i in range(int(n)):
+            item: dict[str, Any]
+            if gpt_image or fmt == "b64_json":
+                item = {"b64_json": base64.b64encode(_FAKE_PNG + stamp.encode()).decode()}
+            else:
+                item = {"url": f"{self.url}/images/{stamp}-{i}.png"}
+            if model == "dall-e-3":
+                item["revised_prompt"] = f"A detailed rendering of: {prompt}"
+            data.append(item)
+        answer: dict[str, Any] = {"created": int(time.time()), "data": data}
+        if gpt_image:
+            words = max(_words(prompt), 1)
+            answer["usage"] = {
+                "total_tokens": words + 272 * int(n), "input_tokens": words,
+                "output_tokens": 272 * int(n),
+                "input_tokens_details": {"text_tokens": words, "image_tokens": 0}}
+        return web.Response(body=_dumps(answer), content_type="application/json",
+                            headers=headers)
+
+    async def _speech(self, request: web.Request) -> web.StreamResponse:
+        accepted = await self._accept(request)
+        if isinstance(accepted, web.Response):
+            return accepted
+        body, behaviour, headers = accepted
+        early = await self._common(request, behaviour, headers)
+        if early is not None:
+            return early
+        reply = self._reply(behaviour)
+        await self._pause(reply.delay)
+        text = body.get("input")
+        if not isinstance(text, str) or not text or not body.get("voice"):
+            return self._error(Fail(400, message="'input' and 'voice' are required"),
+                               headers)
+        fmt = str(body.get("response_format") or "mp3")
+        media = _AUDIO_MEDIA.get(fmt)
+        if media is None:
+            return self._error(Fail(400, message=f"Invalid response_format {fmt!r}."),
+                               headers)
+        audio = fake_audio(text, str(body.get("voice")), fmt)
+        resp = web.StreamResponse(headers=headers)
+        resp.content_type = media
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        step = max(len(audio) // 4, 1)
+        try:
+            for sent, start in enumerate(range(0, len(audio), step)):
+                if isinstance(behaviour, CutStream | StallStream) and sent >= 1:
+                    if isinstance(behaviour, StallStream):
+                        await self._hang()
+                    _drop(request)
+                    return resp
+                if sent and reply.chunk_delay:
+                    await self._pause(reply.chunk_delay)
+                await resp.write(audio[start:start + step])
+            await resp.write_eof()
+        except ConnectionError:
+            pass
+        return resp
+
+    async def _transcriptions(self, request: web.Request) -> web.StreamResponse:
+        accepted = await self._accept_multipart(request)
+        if isinstance(accepted, web.Response):
+            return accepted
+        fields, behaviour, headers = accepted
+        early = await self._early(request, behaviour, headers)
+        if early is not None:
+            return early
+        reply = self._reply(behaviour)
+        await self._pause(reply.delay)
+        upload = fields.get("file")
+        if not isinstance(upload, dict) or not upload.get("size"):
+            return self._error(Fail(400, message="Missing required parameter: 'file'.",
+                                    code="missing_required_parameter"), headers)
+        model = str(fields.get("model") or "whisper-1")
+        fmt = str(fields.get("response_format") or "json")
+        text = reply.content
+        duration = round(max(upload["size"] / 16000.0, 0.1), 2)
+        if fmt == "text":
+            return web.Response(text=text + "\n", content_type="text/plain", headers=headers)
+        if fmt in ("srt", "vtt"):
+            stamp = f"00:00:00{',' if fmt == 'srt' else '.'}000 --> 00:00:0" + (
+                f"{min(int(duration), 9)}{',' if fmt == 'srt' else '.'}000")
+            doc = (f"1\n{stamp}\n{text}\n\n" if fmt == "srt"
+                   else f"WEBVTT\n\n{stamp}\n{text}\n\n")
+            return web.Response(text=doc, content_type="text/plain", headers=headers)
+        translate = request.path.endswith("/translations")
+        answer: dict[str, Any]
+        if fmt == "verbose_json":
+            answer = {"task": "translate" if translate else "transcribe",
+                      "language": "english", "duration": duration, "text": text,
+                      "segments": [{"id": 0, "seek": 0, "start": 0.0, "end": duration,
+                                    "text": text, "tokens": [], "temperature": 0.0,
+                                    "avg_logprob": -0.2, "compression_ratio": 1.0,
+                                    "no_speech_prob": 0.01}]}
+        elif fmt == "json":
+            answer = {"text": text}
+            if model.startswith("gpt-4o"):
+                audio_tokens = max(int(upload["size"]) // 1000, 1)
+                out = max(_words(text), 1)
+                answer["usage"] = {
+                    "type": "tokens", "input_tokens": audio_tokens, "output_tokens": out,
+                    "total_tokens": audio_tokens + out,
+                    "input_token_details": {"text_tokens": 0, "audio_tokens": audio_tokens}}
+            else:
+                answer["usage"] = {"type": "duration", "seconds": math.ceil(duration)}
+        else:
+            return self._error(Fail(400, message=f"Invalid response_format {fmt!r}."),
+                               headers)
+        return web.Response(body=_dumps(answer), content_type="application/json",
+                            headers=headers)
+
+    async def _moderations(self, request: web.Request) -> web.StreamResponse:
+        accepted = await self._accept(request)
+        if isinstance(accepted, web.Response):
+            return accepted
+        body, behaviour, headers = accepted
+        early = await self._early(request, behaviour, headers)
+        if early is not None:
+            return early
+        reply = self._reply(behaviour)
+        await self._pause(reply.delay)
+        raw = body.get("input")
+        inputs = raw if isinstance(raw, list) else [raw]
+        results = [_moderation_result(x if isinstance(x, str) else "") for x in inputs]
+        answer = {"id": f"modr-fake{next(self._ids):012d}",
+                  "model": str(body.get("model") or "omni-moderation-latest"),
+                  "results": results}
+        return web.Response(body=_dumps(answer), content_type="application/json",
+                            headers=headers)
+
+
+_FAKE_PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
+"""A 1x1 PNG; fake images are it plus a stamp of the prompt (deterministic, distinct)."""
+
+_AUDIO_MEDIA = {"mp3": "audio/mpeg", "opus": "audio/opus", "aac": "audio/aac",
+                "flac": "audio/flac", "wav": "audio/wav", "pcm": "audio/pcm"}
+_AUDIO_MAGIC = {"mp3": b"ID3\x04\x00\x00\x00\x00\x00\x00", "flac": b"fLaC",
+                "wav": b"RIFF\x00\x00\x00\x00WAVE", "opus": b"OggS", "aac": b"\xff\xf1"}
+
+
+def fake_audio(text: str, voice: str, fmt: str) -> bytes:
+    """The deterministic bytes the fake answers for speech: the format's magic bytes, then
+    a hash-derived body whose length grows with the text (at least 4 kB)."""
+    seed = hashlib.sha256(f"{voice}:{fmt}:{text}".encode()).digest()
+    size = max(4096, 64 * len(text))
+    body = (seed * (size // len(seed) + 1))[:size]
+    return _AUDIO_MAGIC.get(fmt, b"") + body
+
+
+_MODERATION_CATEGORIES = (
+    "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
+    "illicit/violent", "self-harm", "self-harm/instructions", "self-harm/intent", "sexual",
+    "sexual/minors", "violence", "violence/graphic",
+)
+_VIOLENT = re.compile(r"(?i)\b(kill|murder|attack|stab)\b")
+
+
+def _moderation_result(text: str) -> dict[str, Any]:
+    """OpenAI's moderation result for one text: flagged for ``violence`` when it has a
+    violent word (the scores are fixed, the shape is the documented one)."""
+    violent = bool(_VIOLENT.search(text))
+    scores = {c: 0.0001 for c in _MODERATION_CATEGORIES}
+    if violent:
+        scores["violence"] = 0.86
+        scores["harassment/threatening"] = 0.41
+    return {
+        "flagged": violent,
+        "categories": {c: scores[c] > 0.5 for c in _MODERATION_CATEGORIES},
+        "category_scores": scores,
+        "category_applied_input_types": {c: ["text"] for c in _MODERATION_CATEGORIES},
+    }
+
+
+def _with_n(answer: dict[str, Any], n: Any) -> dict[str, Any]:
+    """An answer with ``n`` choices (the same message), as OpenAI sends for ``n > 1``."""
+    if not isinstance(n, int) or n < 2:
+        return answer
+    first = answer["choices"][0]
+    answer["choices"] = [{**first, "index": i} for i in range(n)]
+    usage = answer["usage"]
+    usage["completion_tokens"] *= n
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    return answer
 
 
 def _drop(request: web.Request) -> None:

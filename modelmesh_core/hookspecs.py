@@ -35,6 +35,7 @@ from .types import (
     DiscoverySpec,
     FilterSpec,
     MiddlewareSpec,
+    OperationSpec,
     ProviderSpec,
     SecretStoreSpec,
     SinkSpec,
@@ -214,4 +215,25 @@ def modelmesh_capabilities() -> Sequence[CapabilitySpec]:
         def modelmesh_capabilities():
             return [CapabilitySpec(path="generation.text-generation.poetry",
                                    aliases=("poetry",))]
+    """
+
+
+@hookspec
+def modelmesh_operations() -> Sequence[OperationSpec]:
+    """Register operations the router can run (beyond the built-in ones).
+
+    Called once at start-up. An operation names the capability subtrees it serves, the
+    adapter method it calls and its request and response types; ``Router.run(name,
+    capability, request)`` then routes it like every other operation (pipeline, attempt loop,
+    failover, budgets, events) — no change to the router. A model serves the operation when
+    one of its capabilities lies under one of ``capabilities`` and its provider's adapter has
+    ``method``.
+
+    Example::
+
+        @hookimpl
+        def modelmesh_operations():
+            return [OperationSpec(name="acme.ocr", capabilities=(
+                "understanding.vision-understanding.ocr",), method="ocr",
+                request_type=OcrRequest, response_type=OcrResponse)]
     """

@@ -48,7 +48,8 @@ from .errors import (
 )
 from .events import EventEmitter, EventType
 from .observability import RequestLogger
-from .pipeline import RoutingPipeline
+from .operations import serving_operations
+from .pipeline import PipelineContext, RoutingPipeline
 from .plugins import PluginRegistry, load_plugins
 from .pools import CandidateFilter, CapabilityPool, Services
 from .redaction import SecretStr, register_secret
@@ -64,7 +65,6 @@ from .types import (
     Limits,
     Model,
     ModelInfo,
-    PipelineContext,
     Pricing,
     Provider,
     ProviderContext,
@@ -546,7 +546,9 @@ class ModelMesh:
                       clock=self._clock, rng=self._rng, middleware=asm.middleware,
                       request_logger=RequestLogger(self.events, log.level.value,
                                                    log.max_payload_chars),
-                      tracing=self._tracing)
+                      tracing=self._tracing,
+                      operations=asm.services.operations,
+                      model_operations=asm.services.model_operations)
         if self._router is None:
             runner = self._loop_thread.run if self._loop_thread is not None else None
             self._router = Router(runner=runner, **kwargs)  # type: ignore[arg-type]
@@ -706,10 +708,16 @@ class _Builder:
             pools={n: p.budget for n, p in cfg.pools.items() if p.budget is not None},
             store=getattr(state, "globals", {}), events=events, clock=clock,
         )
+        operations = dict(reg.operations)
+        model_operations = {
+            mid: serving_operations(m.capabilities, providers[m.provider].adapter,
+                                    operations.values())
+            for mid, m in models.items() if m.provider in providers}
         services_base = dict(state=state, clock=clock, capabilities=tree, events=events,
                              providers=providers, models=models, pools=pools,
                              rng=self.mesh._rng, budgets=budgets, direct_pools=direct,
-                             catalogues={n: specs[n].catalogue for n in providers})
+                             catalogues={n: specs[n].catalogue for n in providers},
+                             operations=operations, model_operations=model_operations)
         bare = Services(**services_base)  # type: ignore[arg-type]
         self._strategies(pools, direct, bare)
         filters = self._filters(bare)

@@ -1,21 +1,95 @@
-"""The routing pipeline (seed ``RoutingPipeline``): an ordered list of stages.
+"""The routing pipeline (seed ``RoutingPipeline``): an ordered list of stages, and its values.
 
 The pipeline is assembled once at start-up from the registered ``StageSpec`` records and the
 ``plugins.stages`` configuration. Per request it runs plain objects: each stage's
 ``process(context)`` in order (awaited when the stage is async), and never a pluggy hook.
+
+The values it passes around live here too: :class:`PipelineRequest` (what is routed),
+:class:`PipelineContext` (what each stage reads and fills) and :class:`PipelineResult` (the
+decision). They used to live in :mod:`modelmesh_core.types`, which had to import
+``CapabilityPool`` from :mod:`modelmesh_core.pools` while that module imported the types;
+here every annotation resolves at run time (``typing.get_type_hints`` works on each).
 """
 
 from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from .errors import NoActiveModelError, RoutingError
-from .types import PipelineContext, PipelineRequest, PipelineResult, Provider
+from attrs import Factory, define, frozen
 
-__all__ = ["PipelineStage", "RoutingPipeline"]
+from .errors import NoActiveModelError, RoutingError
+from .pools import CapabilityPool
+from .types import CompletionRequest, Model, OperationSpec, Provider
+
+__all__ = [
+    "PipelineContext",
+    "PipelineRequest",
+    "PipelineResult",
+    "PipelineStage",
+    "RoutingPipeline",
+]
+
+
+@frozen(kw_only=True)
+class PipelineRequest:
+    """Input to the routing pipeline (seed ``RoutingPipeline``).
+
+    ``request`` is the completion request when a chat completion is being routed (filters
+    use it to check tools, vision input, context length); ``features`` lists required
+    features explicitly. ``operation`` is the operation being routed (None when only a
+    decision is asked for, as ``Router.route`` does): the pool-selection stage keeps only the
+    models that can serve it.
+    """
+
+    capability: str
+    delivery_mode: str = "sync"
+    preferred_provider: str | None = None
+    session_id: str | None = None
+    metadata: dict[str, Any] = Factory(dict)
+    request: CompletionRequest | None = None
+    features: frozenset[str] = frozenset()
+    estimated_tokens: int = 0
+    operation: OperationSpec | None = None
+
+
+@define(kw_only=True)
+class PipelineContext:
+    """Mutable context passed through each pipeline stage (seed ``RoutingPipeline``).
+
+    Beyond the seed: ``request`` (the pipeline request), ``pools`` (matches of the capability
+    resolver), ``scores`` (model id → score from the strategy), ``dropped`` (model id → why it
+    was filtered out), ``now`` (the clock reading for this routing pass).
+    """
+
+    capability: str
+    pool: CapabilityPool | None = None
+    candidates: list[Model] = Factory(list)
+    delivery_mode: str = "sync"
+    selected_model: Model | None = None
+    metadata: dict[str, Any] = Factory(dict)
+    request: PipelineRequest | None = None
+    pools: list[CapabilityPool] = Factory(list)
+    scores: dict[str, float] = Factory(dict)
+    dropped: dict[str, str] = Factory(dict)
+    now: float = 0.0
+    capability_path: str | None = None
+
+
+@frozen(kw_only=True)
+class PipelineResult:
+    """Output from the routing pipeline (seed ``RoutingPipeline``)."""
+
+    model: Model
+    provider: Provider
+    pool: CapabilityPool
+    score: float
+    fallback_chain: list[Model] = Factory(list)
+    stages_executed: list[str] = Factory(list)
+    dropped: dict[str, str] = Factory(dict)
+    context: PipelineContext | None = None
 
 
 class PipelineStage(ABC):
@@ -39,7 +113,7 @@ class RoutingPipeline:
         self,
         stages: list[Any] | None = None,
         providers: Mapping[str, Provider] | None = None,
-        clock: Any = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._stages: list[Any] = []
         self._plan: tuple[tuple[Any, str, bool], ...] = ()

@@ -28,6 +28,7 @@ from .types import (
     DiscoverySpec,
     FilterSpec,
     MiddlewareSpec,
+    OperationSpec,
     ProviderSpec,
     SecretStoreSpec,
     SinkSpec,
@@ -58,6 +59,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "modelmesh_core.builtin.storage",
     "modelmesh_core.builtin.sinks",
     "modelmesh_core.builtin.discovery",
+    "modelmesh_core.builtin.operations",
 )
 
 #: hook name -> (record type, registry attribute)
@@ -72,6 +74,7 @@ HOOKS: dict[str, tuple[type, str]] = {
     "modelmesh_discovery": (DiscoverySpec, "discovery"),
     "modelmesh_middleware": (MiddlewareSpec, "middleware"),
     "modelmesh_capabilities": (CapabilitySpec, "capabilities"),
+    "modelmesh_operations": (OperationSpec, "operations"),
 }
 
 
@@ -250,6 +253,7 @@ class PluginRegistry:
     discovery: dict[str, DiscoverySpec] = attrs.Factory(dict)
     middleware: dict[str, MiddlewareSpec] = attrs.Factory(dict)
     capabilities: dict[str, CapabilitySpec] = attrs.Factory(dict)
+    operations: dict[str, OperationSpec] = attrs.Factory(dict)
     report: list[PluginLoadRecord] = attrs.Factory(list)
     strategy_aliases: dict[str, str] = attrs.Factory(dict)
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from attrs import Factory, define, frozen
 
-from .types import Model, ModelInfo, PipelineContext, Provider, Timeouts
+from .budget import BudgetTracker
+from .capabilities import CapabilityTree
+from .config import PoolConfig, RetryConfig, StreamingConfig
+from .events import EventEmitter
+from .state import Clock, StateStore
+from .types import Model, ModelInfo, OperationSpec, Provider, Timeouts
 
 if TYPE_CHECKING:
-    from .capabilities import CapabilityTree
-    from .config import PoolConfig, RetryConfig, StreamingConfig
-    from .events import EventEmitter
-    from .state import Clock, StateStore
+    from .pipeline import PipelineContext
 
 __all__ = [
     "CandidateFilter",
@@ -60,11 +62,16 @@ class Services:
     models: Mapping[str, Model]
     pools: Mapping[str, CapabilityPool]
     rng: random.Random
-    budgets: Any = None
+    budgets: BudgetTracker | None = None
     direct_pools: Mapping[str, CapabilityPool] = Factory(dict)
     filters: Mapping[str, Sequence[CandidateFilter]] = Factory(dict)
     catalogues: Mapping[str, Sequence[ModelInfo]] = Factory(dict)
     """Provider name → its connector's catalogue (``ProviderSpec.catalogue``)."""
+    operations: Mapping[str, OperationSpec] = Factory(dict)
+    """Every registered operation, by name."""
+    model_operations: Mapping[str, frozenset[str]] = Factory(dict)
+    """Model id → the names of the operations it can serve (its capabilities lie under the
+    operation's subtrees and its adapter has the operation's method)."""
 
 
 @define(kw_only=True, eq=False)

@@ -5,9 +5,15 @@ tokens and needed features) → ``RoutingPipeline.execute`` → walk the fallbac
 the provider adapter, applying the pool's retry policy → record the outcome (state, budgets,
 strategy, events). Nothing on it calls a pluggy hook or reads configuration by name.
 
-Coroutines are the primary API (``route``, ``complete``, ``embed``, ``batch``; ``stream`` is an
-async generator). ``*_sync`` twins run them on the mesh's own loop thread, so they also work
-from inside a running event loop's thread.
+Every unary operation (chat, embeddings, images, speech, transcription, rerank, search,
+moderation, scrape, and any a plugin registers; see :mod:`modelmesh_core.operations`) runs
+through :meth:`Router.run`: the operation is data (its adapter method and the capability
+subtrees it serves), so adding one never touches this module.
+
+Coroutines are the primary API (``route``, ``run``, ``complete``, ``embed``, ``images``,
+``speech``, ``transcribe``, ``rerank``, ``search``, ``moderate``, ``scrape``, ``batch``;
+``stream`` is an async generator). ``*_sync`` twins run them on the mesh's own loop thread,
+so they also work from inside a running event loop's thread.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequenc
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import attrs
 from attrs import define
 
 from .attempts import AttemptLoop, as_provider_error
@@ -34,21 +41,50 @@ from .errors import (
 )
 from .events import EventEmitter, EventType
 from .observability import RequestLogger, Tracer
-from .pipeline import RoutingPipeline
+from .operations import (
+    BUILTIN_OPERATIONS,
+    CHAT,
+    EMBED,
+    IMAGE,
+    MODERATION,
+    RERANK,
+    SCRAPE,
+    SEARCH,
+    SPEECH,
+    TRANSCRIPTION,
+    ImageRequest,
+    ImageResponse,
+    ModerationRequest,
+    ModerationResponse,
+    RerankRequest,
+    RerankResponse,
+    ScrapeRequest,
+    ScrapeResponse,
+    SearchRequest,
+    SearchResponse,
+    SpeechRequest,
+    SpeechResponse,
+    TranscriptionRequest,
+    TranscriptionResponse,
+)
+from .pipeline import PipelineRequest, PipelineResult, RoutingPipeline
 from .retry import Outcome
 from .rotation import RotationManager
 from .streaming import Splice, SpliceMismatch
 from .types import (
     BatchJob,
+    Choice,
     CompletionRequest,
     CompletionResponse,
     EmbeddingRequest,
     EmbeddingResponse,
-    PipelineRequest,
-    PipelineResult,
+    Feature,
+    Model,
+    OperationSpec,
     Provider,
     RoutingDecision,
     RoutingOptions,
+    Timeouts,
 )
 
 if TYPE_CHECKING:
@@ -63,12 +99,19 @@ T = TypeVar("T")
 _ID_PREFIX = "mm-" + os.urandom(4).hex() + "-"
 _EMPTY_FEATURES: frozenset[str] = frozenset()
 _TRACER = Tracer()
+_DEFAULT_OPERATIONS: dict[str, OperationSpec] = {op.name: op for op in BUILTIN_OPERATIONS}
+_KINDS = {"chat": "complete"}
+"""Middleware and log ``kind`` of an operation when it is not the operation's name (chat
+keeps its historical ``complete``)."""
+_MULTIPLE_CHOICES = Feature.MULTIPLE_CHOICES.value
 
 
 @define(kw_only=True)
 class MiddlewareCall:
     """What middleware sees: the target name, the request (replaceable in before_request),
-    the options and the kind (``complete``, ``stream``, ``embed``)."""
+    the options and the kind (``complete``, ``stream``, ``embed``, or the name of another
+    operation: ``image``, ``speech``, ``transcription``, ``rerank``, ``search``,
+    ``moderation``, ``scrape``, …)."""
 
     name: str
     request: Any
@@ -137,6 +180,8 @@ class Router:
         request_logger: RequestLogger | None = None,
         runner: Callable[[Coroutine[Any, Any, Any]], Any] | None = None,
         tracing: Tracing | None = None,
+        operations: Mapping[str, OperationSpec] | None = None,
+        model_operations: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         self._ids = itertools.count(1)
         self._batches: dict[str, tuple[BatchJob, asyncio.Task[None]]] = {}
@@ -145,7 +190,8 @@ class Router:
         self._observability = _TRACER
         self.configure(pipeline=pipeline, pools=pools, providers=providers, rotation=rotation,
                        budgets=budgets, events=events, clock=clock, rng=rng,
-                       middleware=middleware, request_logger=request_logger, tracing=tracing)
+                       middleware=middleware, request_logger=request_logger, tracing=tracing,
+                       operations=operations, model_operations=model_operations)
 
     def configure(
         self,
@@ -161,9 +207,14 @@ class Router:
         middleware: Sequence[Any] = (),
         request_logger: RequestLogger | None = None,
         tracing: Tracing | None = None,
+        operations: Mapping[str, OperationSpec] | None = None,
+        model_operations: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         """Swap in a new set of routing objects (hot reload); running requests finish on the
         objects they started with."""
+        self._operations: Mapping[str, OperationSpec] = (
+            operations if operations is not None else _DEFAULT_OPERATIONS)
+        self._model_operations: Mapping[str, frozenset[str]] = model_operations or {}
         self._pipeline = pipeline
         self._tracing = tracing
         self._pools = pools
@@ -213,7 +264,7 @@ class Router:
 
     def _pipeline_request(
         self, name: str, request: CompletionRequest | None, options: RoutingOptions | None,
-        mode: str,
+        mode: str, operation: OperationSpec | None = None,
     ) -> PipelineRequest:
         if request is not None:
             tokens, features = estimate_request(request)
@@ -221,7 +272,8 @@ class Router:
             tokens, features = 0, _EMPTY_FEATURES
         if options is None:
             return PipelineRequest(capability=name, delivery_mode=mode, request=request,
-                                   features=features, estimated_tokens=tokens)
+                                   features=features, estimated_tokens=tokens,
+                                   operation=operation)
         return PipelineRequest(
             capability=name,
             delivery_mode=options.delivery_mode or mode,
@@ -231,6 +283,7 @@ class Router:
             request=request,
             features=features,
             estimated_tokens=tokens,
+            operation=operation,
         )
 
     async def _execute(
@@ -328,7 +381,47 @@ class Router:
                            trace=None if self._tracing is None else
                            self._tracing.begin(preq, request_id, kind, t0, result))
 
-    # -- complete / embed
+    # -- unary operations
+
+    def operation(self, name: str) -> OperationSpec:
+        """The registered operation called ``name``; ``KeyError`` (listing them) if none."""
+        try:
+            return self._operations[name]
+        except KeyError:
+            raise KeyError(f"no operation named {name!r}; operations: "
+                           f"{sorted(self._operations)}") from None
+
+    @property
+    def operations(self) -> Mapping[str, OperationSpec]:
+        """Every operation this router can run, by name."""
+        return self._operations
+
+    def serves(self, model_id: str) -> frozenset[str]:
+        """The names of the operations model ``model_id`` can serve."""
+        return self._model_operations.get(model_id, frozenset())
+
+    async def run(
+        self, operation: str | OperationSpec, capability: str, request: Any,
+        options: RoutingOptions | None = None,
+    ) -> Any:
+        """Route and run one unary operation, failing over as the policy allows.
+
+        ``operation`` is an operation's name (``"chat"``, ``"embed"``, ``"image"``, …, or one
+        a plugin registered) or its spec; ``request`` is its request value. The name
+        resolves to a pool as for chat; only the pool's models that can serve the operation
+        are candidates, and a name whose pool cannot serve it raises
+        :class:`~modelmesh_core.errors.OperationNotSupportedError`. The response's
+        ``metadata`` carries ``attempts``, ``pool``, ``cost``, ``overhead_ms`` (the router's
+        own time, upstream time excluded) and ``request_id``.
+        """
+        op = operation if isinstance(operation, OperationSpec) else self.operation(operation)
+        t0 = perf_counter()
+        request_id = self._caller_id(options) or self._request_id()
+        kind = _KINDS.get(op.name, op.name)
+        if self._mw_before or self._mw_after or self._mw_error:
+            return await self._with_middleware(op, capability, request, options, kind,
+                                               request_id, t0)
+        return await self._run(op, capability, request, options, kind, request_id, t0)
 
     async def complete(
         self, capability: str, request: CompletionRequest, options: RoutingOptions | None = None,
@@ -336,36 +429,67 @@ class Router:
         """Route and run a (non-streaming) chat completion, failing over as the policy allows.
 
         ``response.metadata`` carries ``attempts``, ``pool``, ``cost``, ``overhead_ms`` (the
-        router's own time, upstream time excluded) and ``request_id``.
+        router's own time, upstream time excluded) and ``request_id``. A request with
+        ``extra["n"] > 1`` is passed through to models with the ``multiple_choices`` feature;
+        any other model is asked ``n`` times and the answers are merged into one response
+        (``choices``), with usage and cost summed.
         """
-        t0 = perf_counter()
-        request_id = self._caller_id(options) or self._request_id()
-        if self._mw_before or self._mw_after or self._mw_error:
-            return await self._with_middleware(capability, request, options, "complete",
-                                               request_id, t0)
-        return await self._run(capability, request, options, "complete", request_id, t0)
+        return await self.run(self._operations.get("chat", CHAT), capability,  # type: ignore[no-any-return]
+                              request, options)
 
     async def embed(
         self, capability: str, request: EmbeddingRequest, options: RoutingOptions | None = None,
     ) -> EmbeddingResponse:
         """Route and run an embeddings request, failing over as the policy allows."""
-        t0 = perf_counter()
-        request_id = self._caller_id(options) or self._request_id()
-        if self._mw_before or self._mw_after or self._mw_error:
-            return await self._with_middleware(capability, request, options, "embed",
-                                               request_id, t0)
-        return await self._run(capability, request, options, "embed", request_id, t0)
+        return await self.run(self._operations.get("embed", EMBED), capability,  # type: ignore[no-any-return]
+                              request, options)
+
+    async def images(self, capability: str, request: ImageRequest,
+                     options: RoutingOptions | None = None) -> ImageResponse:
+        """Route and run an image generation."""
+        return await self.run(IMAGE.name, capability, request, options)  # type: ignore[no-any-return]
+
+    async def speech(self, capability: str, request: SpeechRequest,
+                     options: RoutingOptions | None = None) -> SpeechResponse:
+        """Route and run a text-to-speech request."""
+        return await self.run(SPEECH.name, capability, request, options)  # type: ignore[no-any-return]
+
+    async def transcribe(self, capability: str, request: TranscriptionRequest,
+                         options: RoutingOptions | None = None) -> TranscriptionResponse:
+        """Route and run a transcription (or, with ``request.translate``, a translation)."""
+        return await self.run(TRANSCRIPTION.name, capability, request, options)  # type: ignore[no-any-return]
+
+    async def rerank(self, capability: str, request: RerankRequest,
+                     options: RoutingOptions | None = None) -> RerankResponse:
+        """Route and run a rerank request."""
+        return await self.run(RERANK.name, capability, request, options)  # type: ignore[no-any-return]
+
+    async def search(self, capability: str, request: SearchRequest,
+                     options: RoutingOptions | None = None) -> SearchResponse:
+        """Route and run a web search."""
+        return await self.run(SEARCH.name, capability, request, options)  # type: ignore[no-any-return]
+
+    async def moderate(self, capability: str, request: ModerationRequest,
+                       options: RoutingOptions | None = None) -> ModerationResponse:
+        """Route and run a moderation request."""
+        return await self.run(MODERATION.name, capability, request, options)  # type: ignore[no-any-return]
+
+    async def scrape(self, capability: str, request: ScrapeRequest,
+                     options: RoutingOptions | None = None) -> ScrapeResponse:
+        """Route and run a page read (URL → Markdown)."""
+        return await self.run(SCRAPE.name, capability, request, options)  # type: ignore[no-any-return]
 
     async def _with_middleware(
-        self, capability: str, request: Any, options: RoutingOptions | None, kind: str,
-        request_id: str, t0: float,
+        self, op: OperationSpec, capability: str, request: Any, options: RoutingOptions | None,
+        kind: str, request_id: str, t0: float,
     ) -> Any:
         call = MiddlewareCall(name=capability, request=request, options=options, kind=kind,
                               request_id=request_id)
         for before in self._mw_before:
             await before(call)
         try:
-            response = await self._run(call.name, call.request, call.options, kind, request_id, t0)
+            response = await self._run(op, call.name, call.request, call.options, kind,
+                                       request_id, t0)
         except Exception as exc:
             for on_error in self._mw_error:
                 replacement = await on_error(call, exc)
@@ -379,22 +503,32 @@ class Router:
         return response
 
     async def _run(
-        self, capability: str, request: Any, options: RoutingOptions | None, kind: str,
-        request_id: str, t0: float,
+        self, op: OperationSpec, capability: str, request: Any, options: RoutingOptions | None,
+        kind: str, request_id: str, t0: float,
     ) -> Any:
-        """One unary operation (``complete`` or ``embed``) through the attempt loop."""
-        is_chat = kind == "complete"
-        preq = self._pipeline_request(capability, request if is_chat else None, options, "sync")
+        """One unary operation through the pipeline and the attempt loop."""
+        is_chat = op.name == "chat"
+        choices = 1
+        if is_chat:
+            extra = request.extra
+            n = extra.get("n") if extra else None
+            if type(n) is int and n > 1:
+                choices = n
+        preq = self._pipeline_request(capability, request if is_chat else None, options, "sync",
+                                      op)
         result = await self._execute(preq, request_id, kind, t0)
         loop = self._loop(result, preq, request_id, kind, t0)
+        method = op.method
         while loop.next():
-            adapter = loop.provider.adapter
-            response: Any
+            calls = 1
             try:
-                if is_chat:
-                    response = await adapter.complete(loop.model, request, loop.timeouts)
+                if choices > 1 and _MULTIPLE_CHOICES not in loop.model.features:
+                    calls = choices
+                    response = await _fan_out(loop.provider.adapter, loop.model, request,
+                                              loop.timeouts, choices)
                 else:
-                    response = await adapter.embed(loop.model, request, loop.timeouts)
+                    response = await getattr(loop.provider.adapter, method)(
+                        loop.model, request, loop.timeouts)
             except asyncio.CancelledError:
                 loop.release()
                 if loop.trace is not None:
@@ -408,16 +542,15 @@ class Router:
                 continue
             elapsed = perf_counter() - loop.started
             loop.upstream += elapsed
-            metadata = response.metadata if is_chat else None
-            cost = loop.succeeded(response.usage,
-                                  metadata.get("rate_limit") if metadata else None, elapsed)
+            metadata = response.metadata
+            cost = loop.succeeded(response.usage, metadata.get("rate_limit"), elapsed,
+                                  requests=calls)
             overhead = (perf_counter() - t0 - loop.upstream) * 1000.0
-            if metadata is not None:
-                metadata["attempts"] = loop.attempts
-                metadata["pool"] = result.pool.name
-                metadata["cost"] = cost
-                metadata["request_id"] = request_id
-                metadata["overhead_ms"] = overhead
+            metadata["attempts"] = loop.attempts
+            metadata["pool"] = result.pool.name
+            metadata["cost"] = cost
+            metadata["request_id"] = request_id
+            metadata["overhead_ms"] = overhead
             if self._event_emitter.enabled:
                 loop.report_success(elapsed, cost, response.usage, overhead,
                                     response.content if is_chat else None)
@@ -454,7 +587,8 @@ class Router:
             for before in self._mw_before:
                 await before(call)
             capability, request, options = call.name, call.request, call.options
-        preq = self._pipeline_request(capability, request, options, "streaming")
+        preq = self._pipeline_request(capability, request, options, "streaming",
+                                      self._operations.get("chat", CHAT))
         result = await self._execute(preq, request_id, "stream", t0)
         loop = self._loop(result, preq, request_id, "stream", t0)
         splice = Splice(request, preq.estimated_tokens)
@@ -723,3 +857,32 @@ class Router:
 
         return self._sync(run())
 
+
+
+async def _fan_out(adapter: Any, model: Model, request: CompletionRequest, timeouts: Timeouts,
+                   n: int) -> CompletionResponse:
+    """``n`` single-choice calls of a model that does not take ``n``, merged into one response
+    (``choices`` 1…n-1 after the first; usage summed). One failure fails the attempt (the
+    other calls are cancelled)."""
+    extra = {k: v for k, v in request.extra.items() if k != "n"}
+    single = attrs.evolve(request, extra=extra)
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(adapter.complete(model, single, timeouts))
+                     for _ in range(n)]
+    except BaseExceptionGroup as eg:
+        raise eg.exceptions[0] from None
+    answers: list[CompletionResponse] = [t.result() for t in tasks]
+    first = answers[0]
+    usage: dict[str, int] = {}
+    for answer in answers:
+        for key, value in answer.usage.items():
+            usage[key] = usage.get(key, 0) + value
+    return attrs.evolve(
+        first, usage=usage,
+        latency_ms=max(a.latency_ms for a in answers),
+        choices=tuple(
+            Choice(index=i, content=a.content, finish_reason=a.finish_reason,
+                   tool_calls=a.tool_calls, role=a.role or "assistant", refusal=a.refusal)
+            for i, a in enumerate(answers[1:], 1)),
+    )

@@ -40,8 +40,9 @@ if TYPE_CHECKING:
     from .attempts import AttemptLoop
     from .config import TracingConfig
     from .errors import ProviderError
+    from .pipeline import PipelineRequest, PipelineResult
     from .retry import Outcome
-    from .types import Model, PipelineRequest, PipelineResult
+    from .types import Model
 
 # OpenTelemetry is imported on first use (a mesh with tracing on), so that importing
 # ModelMesh costs nothing more when it is off.

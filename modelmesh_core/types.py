@@ -6,8 +6,10 @@ Three groups live here:
   ``StageSpec``, …). They are frozen and cheap; building the object they describe is deferred
   to their ``factory``.
 * **Request path values** named by the seed pages: ``RoutingOptions``, ``RoutingDecision``,
-  ``CompletionRequest``, ``CompletionResponse``, ``BatchJob``, ``PipelineRequest``,
-  ``PipelineContext``, ``PipelineResult``.
+  ``CompletionRequest``, ``CompletionResponse``, ``BatchJob`` (the pipeline's own values,
+  ``PipelineRequest``, ``PipelineContext`` and ``PipelineResult``, live in
+  :mod:`modelmesh_core.pipeline`; the values of the other operations in
+  :mod:`modelmesh_core.operations`).
 * **Model description**: ``Model``, ``Pricing``, ``Limits``, ``Timeouts``, ``Usage``.
 
 Everything is attrs with slots; requests and responses are built once at the edge.
@@ -23,15 +25,19 @@ import attrs
 from attrs import Factory, define, field, frozen
 
 if TYPE_CHECKING:
-    import aiohttp
+    from aiohttp import ClientSession as _ClientSession
 
     from .errors import ProviderError
-    from .pools import CapabilityPool
+else:
+    # aiohttp's client is heavy to import and a bare ``import modelmesh_core`` must stay
+    # cheap: at run time (``typing.get_type_hints``) the session type reads as ``Any``.
+    _ClientSession = Any
 
 __all__ = [
     "BatchCapable",
     "BatchJob",
     "CapabilitySpec",
+    "Choice",
     "CompletionRequest",
     "CompletionResponse",
     "DeliveryMode",
@@ -44,9 +50,7 @@ __all__ = [
     "MiddlewareSpec",
     "Model",
     "ModelInfo",
-    "PipelineContext",
-    "PipelineRequest",
-    "PipelineResult",
+    "OperationSpec",
     "Pricing",
     "Provider",
     "ProviderAdapter",
@@ -88,6 +92,8 @@ class Feature(enum.StrEnum):
     REASONING = "reasoning"
     ASSISTANT_PREFILL = "assistant_prefill"
     """Accepts a request whose last message is an assistant turn and continues that text."""
+    MULTIPLE_CHOICES = "multiple_choices"
+    """Answers ``n > 1`` choices in one call (other models are asked ``n`` times)."""
 
 
 BATCH_ENDED: frozenset[str] = frozenset({"completed", "failed", "cancelled", "expired"})
@@ -287,6 +293,21 @@ class CompletionResponse:
     role: str | None = "assistant"
     upstream_model: str = ""
     refusal: str | None = None
+    choices: tuple[Choice, ...] = ()
+    """Choices after the first when the request asked for ``n > 1`` (the first choice is
+    this response's own ``content`` / ``tool_calls`` / ``finish_reason``)."""
+
+
+@frozen(kw_only=True)
+class Choice:
+    """One extra choice of a completion asked with ``n > 1`` (``index`` 1, 2, …)."""
+
+    index: int
+    content: str
+    finish_reason: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    role: str = "assistant"
+    refusal: str | None = None
 
 
 @frozen(kw_only=True)
@@ -308,6 +329,9 @@ class EmbeddingResponse:
     usage: dict[str, int] = Factory(dict)
     latency_ms: float = 0.0
     upstream_model: str = ""
+    metadata: dict[str, Any] = Factory(dict)
+    """Filled by the router: ``attempts``, ``pool``, ``cost``, ``request_id``,
+    ``overhead_ms`` (as for a completion)."""
 
 
 @define(kw_only=True)
@@ -341,64 +365,6 @@ class BatchJob:
         return self.status in BATCH_ENDED
 
 
-# --------------------------------------------------------------------------- seed: RoutingPipeline
-
-
-@frozen(kw_only=True)
-class PipelineRequest:
-    """Input to the routing pipeline (seed ``RoutingPipeline``).
-
-    ``request`` is the completion request when one is being routed (filters use it to check
-    tools, vision input, context length); ``features`` lists required features explicitly.
-    """
-
-    capability: str
-    delivery_mode: str = "sync"
-    preferred_provider: str | None = None
-    session_id: str | None = None
-    metadata: dict[str, Any] = Factory(dict)
-    request: CompletionRequest | None = None
-    features: frozenset[str] = frozenset()
-    estimated_tokens: int = 0
-
-
-@define(kw_only=True)
-class PipelineContext:
-    """Mutable context passed through each pipeline stage (seed ``RoutingPipeline``).
-
-    Beyond the seed: ``request`` (the pipeline request), ``pools`` (matches of the capability
-    resolver), ``scores`` (model id → score from the strategy), ``dropped`` (model id → why it
-    was filtered out), ``now`` (the clock reading for this routing pass).
-    """
-
-    capability: str
-    pool: CapabilityPool | None = None
-    candidates: list[Model] = Factory(list)
-    delivery_mode: str = "sync"
-    selected_model: Model | None = None
-    metadata: dict[str, Any] = Factory(dict)
-    request: PipelineRequest | None = None
-    pools: list[CapabilityPool] = Factory(list)
-    scores: dict[str, float] = Factory(dict)
-    dropped: dict[str, str] = Factory(dict)
-    now: float = 0.0
-    capability_path: str | None = None
-
-
-@frozen(kw_only=True)
-class PipelineResult:
-    """Output from the routing pipeline (seed ``RoutingPipeline``)."""
-
-    model: Model
-    provider: Provider
-    pool: CapabilityPool
-    score: float
-    fallback_chain: list[Model] = Factory(list)
-    stages_executed: list[str] = Factory(list)
-    dropped: dict[str, str] = Factory(dict)
-    context: PipelineContext | None = None
-
-
 # --------------------------------------------------------------------------- providers
 
 
@@ -425,7 +391,7 @@ class ProviderContext:
     """
 
     name: str
-    session: Callable[[], aiohttp.ClientSession]
+    session: Callable[[], _ClientSession]
     json_dumps: Callable[[Any], bytes]
     json_loads: Callable[[bytes | str], Any]
 
@@ -536,7 +502,11 @@ class ProviderSpec:
 
     Attributes:
         name: connector id, ``vendor.service.vN`` (e.g. ``"openai.llm.v1"``).
-        factory: ``factory(context: ProviderContext, config) -> ProviderAdapter``.
+        factory: ``factory(context: ProviderContext, config) -> adapter``: a
+            :class:`ProviderAdapter` for chat providers; a provider of other operations only
+            needs the methods of the operations it serves (``images``, ``speech``,
+            ``transcribe``, ``rerank``, ``search``, ``moderate``, ``scrape``, ``embed``; see
+            :mod:`modelmesh_core.operations`) plus ``list_models`` and ``close``.
         config_type: attrs class the entry's ``config:`` is structured into.
         env_vars: environment variables that hold an API key (or host, for local servers);
             the first one set enables auto-detection.
@@ -548,7 +518,7 @@ class ProviderSpec:
     """
 
     name: str
-    factory: Callable[..., ProviderAdapter]
+    factory: Callable[..., Any]
     config_type: type | None = field(factory=_no_config_type)
     env_vars: tuple[str, ...] = ()
     default_base_url: str | None = None
@@ -688,9 +658,49 @@ class CapabilitySpec:
     plugin: str = ""
 
 
+@frozen(kw_only=True)
+class OperationSpec:
+    """An operation the router can run, registered by ``modelmesh_operations``.
+
+    Attributes:
+        name: the operation's name (``"chat"``, ``"embed"``, ``"image"``, …); also the
+            registry key and what ``Router.run(name, …)`` takes.
+        capabilities: capability subtrees (dotted paths) whose models may serve it; a model
+            serves the operation when one of its capabilities lies under one of them **and**
+            its provider's adapter has ``method``.
+        method: the adapter method called as ``await adapter.<method>(model, request,
+            timeouts)``.
+        request_type / response_type: the request value the method takes and the response
+            value it returns (the response has ``model``, ``provider``, ``usage`` and a
+            ``metadata`` dict the router fills).
+        description: one line for listings.
+    """
+
+    name: str
+    capabilities: tuple[str, ...]
+    method: str
+    request_type: type
+    response_type: type
+    description: str = ""
+    plugin: str = ""
+
+
 def with_plugin(record: Any, plugin: str) -> Any:
     """Return ``record`` stamped with the name of the plugin that produced it."""
     if getattr(record, "plugin", None) == plugin:
         return record
     return attrs.evolve(record, plugin=plugin)
 
+
+
+_MOVED = frozenset({"PipelineContext", "PipelineRequest", "PipelineResult"})
+
+
+def __getattr__(name: str) -> Any:
+    # The pipeline's values moved to modelmesh_core.pipeline (which ends the import cycle
+    # between this module and pools.py); old imports keep working.
+    if name in _MOVED:
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,9 @@ Error mapping (:func:`error_for_exception`), status by status:
        :mod:`modelmesh_core.limits`), context length exceeded (also when the prompt or
        ``max_tokens`` is beyond every candidate: ``context_length_exceeded``), a request an
        adapter cannot encode, content filtered, invalid configuration (admin reload), no
-       model supports what the request needs
+       model supports what the request needs, the
+       model's pool cannot serve this operation (code ``model_not_supported``: embeddings
+       from a chat pool, a chat completion from an embedding model)
 401    missing or unknown proxy key
 403    the key may not use this pool / the admin API
 404    unknown model name (lists close matches and what exists)
@@ -54,6 +56,7 @@ from .errors import (
     InvalidRequestError,
     ModelMeshError,
     NoActiveModelError,
+    OperationNotSupportedError,
     ProviderError,
     ProviderTimeoutError,
     RateLimitError,
@@ -251,11 +254,18 @@ def _model(body: Mapping[str, Any]) -> str:
     return model
 
 
+_MAX_N = 128
+
+
 def _n(body: Mapping[str, Any]) -> None:
     n = _integer(body, "n", 1)
-    if n is not None and n > 1:
-        raise WireError("'n' greater than 1 is not supported by ModelMesh; send n requests.",
-                        param="n", code="unsupported_parameter")
+    if n is not None and n > _MAX_N:
+        raise WireError(f"Invalid value for 'n': {n} is greater than the maximum of {_MAX_N}.",
+                        param="n", code="invalid_value")
+    if n is not None and n > 1 and body.get("stream"):
+        raise WireError("'n' greater than 1 is not supported with 'stream': true by ModelMesh; "
+                        "send n streams, or drop 'stream'.", param="n",
+                        code="unsupported_parameter")
 
 
 _VALID_ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
@@ -574,14 +584,25 @@ def completion_to_dict(resp: CompletionResponse) -> dict[str, Any]:
     if resp.tool_calls:
         message["tool_calls"] = [_tool_call_dict(c, delta=False) for c in resp.tool_calls]
     finish = resp.finish_reason or ("tool_calls" if resp.tool_calls else "stop")
+    choices = [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}]
+    for extra in resp.choices:
+        more: dict[str, Any] = {
+            "role": extra.role,
+            "content": extra.content if (extra.content or not extra.tool_calls) else None,
+            "refusal": extra.refusal,
+        }
+        if extra.tool_calls:
+            more["tool_calls"] = [_tool_call_dict(c, delta=False) for c in extra.tool_calls]
+        choices.append({
+            "index": extra.index, "message": more, "logprobs": None,
+            "finish_reason": extra.finish_reason or (
+                "tool_calls" if extra.tool_calls else "stop")})
     return {
         "id": _response_id(resp, "chatcmpl"),
         "object": "chat.completion",
         "created": resp.created or int(time.time()),
         "model": resp.model,
-        "choices": [
-            {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
-        ],
+        "choices": choices,
         "usage": usage_to_dict(resp.usage),
         "system_fingerprint": None,
     }
@@ -779,6 +800,8 @@ def _map(
 ) -> tuple[int, str, str | None, str | None, str, dict[str, str]]:
     if isinstance(exc, WireError):
         return exc.status, exc.type, exc.code, exc.param, exc.message, exc.headers
+    if isinstance(exc, OperationNotSupportedError):
+        return 400, "invalid_request_error", "model_not_supported", "model", str(exc), {}
     if isinstance(exc, InvalidRequestError):
         return 400, "invalid_request_error", "invalid_value", exc.param, str(exc), {}
     if isinstance(exc, CapabilityNotFoundError):

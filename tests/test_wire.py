@@ -92,7 +92,9 @@ def test_parse_chat_max_completion_tokens_and_stream_options() -> None:
         ({"model": "m", "messages": MSG, "tools": [{"type": "function"}]},
          "tools[0].function.name"),
         ({"model": "m", "messages": MSG, "stop": [1]}, "stop"),
-        ({"model": "m", "messages": MSG, "n": 2}, "n"),
+        # n > 1 is served (passed through or fanned out), but not for streams
+        ({"model": "m", "messages": MSG, "n": 2, "stream": True}, "n"),
+        ({"model": "m", "messages": MSG, "n": 129}, "n"),
         ({"model": "m", "messages": MSG, "stream_options": {"include_usage": True}},
          "stream_options"),
         ({"model": "m", "messages": MSG, "stream": True,

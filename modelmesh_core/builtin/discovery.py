@@ -26,6 +26,7 @@ from ..config import Duration, PoolConfig, RetryConfig, RetryScope
 from ..errors import AuthenticationError, ConfigError, ProviderError
 from ..events import EventType
 from ..hookspecs import hookimpl
+from ..operations import serving_operations
 from ..pools import CapabilityPool
 from ..rotation import RotationManager
 from ..state import ACTIVE
@@ -469,6 +470,11 @@ class RegistrySync(_Periodic):
         s = self._services
         tree = s.capabilities
         s.models[model.id] = model  # type: ignore[index]
+        provider = s.providers.get(model.provider)
+        if provider is not None:
+            # What it can serve, as the assembly works it out for configured models.
+            s.model_operations[model.id] = serving_operations(  # type: ignore[index]
+                model.capabilities, provider.adapter, s.operations.values())
         joined = []
         for pool in s.pools.values():
             cfg = pool.config

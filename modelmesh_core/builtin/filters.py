@@ -6,9 +6,10 @@ from typing import Any
 
 from ..hookspecs import hookimpl
 from ..limits import OversizeReason
+from ..pipeline import PipelineContext
 from ..pools import Services
 from ..state import ACTIVE
-from ..types import FilterSpec, Model, PipelineContext
+from ..types import FilterSpec, Model
 
 __all__ = [
     "ContextWindowFilter",

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..config import RetryScope
-from ..errors import CapabilityNotFoundError, did_you_mean
+from ..errors import CapabilityNotFoundError, OperationNotSupportedError, did_you_mean
 from ..hookspecs import hookimpl
-from ..pipeline import PipelineStage
+from ..pipeline import PipelineContext, PipelineStage
 from ..pools import CandidateFilter, CapabilityPool, Services
-from ..types import Model, PipelineContext, StageSpec
+from ..types import Model, OperationSpec, StageSpec
 
 __all__ = [
     "CapabilityResolverStage",
@@ -100,37 +100,70 @@ class PoolSelectionStage(PipelineStage):
 
     The first matching pool wins, unless a preferred provider is given and a later pool has a
     model from it. When the asked capability is narrower than the pool's node, only members
-    with a capability under it are candidates (cached per pool and path).
+    with a capability under it are candidates. When an operation is being routed, only
+    members that can serve it are (their capabilities lie under the operation's subtrees and
+    their adapter has its method), and a pool with none is passed over; when no matching pool
+    can serve it, :class:`OperationNotSupportedError` names what the pool serves. Members are
+    cached per pool, path and operation.
     """
 
     name = "pool-selection"
 
     def __init__(self, config: Any, services: Services) -> None:
         self._s = services
-        self._members: dict[tuple[str, str | None, int], list[Model]] = {}
+        self._members: dict[tuple[str, str | None, str | None, int], list[Model]] = {}
 
     def process(self, context: PipelineContext) -> PipelineContext:
         pools = context.pools
         if not pools:
             return context
-        pool = pools[0]
         request = context.request
         preferred = request.preferred_provider if request is not None else None
+        operation = request.operation if request is not None else None
         if preferred and len(pools) > 1:
-            for p in pools:
+            for i, p in enumerate(pools):
                 if any(m.provider == preferred for m in p.models):
-                    pool = p
+                    if i:
+                        pools = [p, *pools[:i], *pools[i + 1:]]
                     break
-        context.pool = pool
+        path = context.capability_path
+        for pool in pools:
+            members = self._members_of(pool, path, operation)
+            if members or operation is None:
+                context.pool = pool
+                context.candidates = list(members)
+                return context
+        assert operation is not None
+        raise self._unsupported(context.capability, pools[0], operation)
+
+    def _members_of(self, pool: CapabilityPool, path: str | None,
+                    operation: OperationSpec | None) -> list[Model]:
         # Registry sync can add members to a running pool: the length keys that away.
-        key = (pool.name, context.capability_path, len(pool.models))
+        key = (pool.name, path, operation.name if operation is not None else None,
+               len(pool.models))
         members = self._members.get(key)
         if members is None:
-            members = self._narrow(pool, context.capability_path)
+            members = self._narrow(pool, path)
+            if operation is not None:
+                served = self._s.model_operations
+                members = [m for m in members if operation.name in served.get(m.id, ())]
             if len(self._members) < _CACHE_LIMIT:
                 self._members[key] = members
-        context.candidates = list(members)
-        return context
+        return members
+
+    def _unsupported(self, name: str, pool: CapabilityPool,
+                     operation: OperationSpec) -> OperationNotSupportedError:
+        served = self._s.model_operations
+        serves = sorted({op for m in pool.models for op in served.get(m.id, ())})
+        what = f"model {name!r}" if name != pool.name else f"pool {name!r}"
+        caps = sorted({c for m in pool.models for c in m.capabilities})
+        return OperationNotSupportedError(
+            f"{what} cannot serve {operation.name!r} requests: it resolves to pool "
+            f"{pool.name!r}, whose models serve {', '.join(serves) or 'no operation'} "
+            f"(capabilities: {', '.join(caps) or 'none'}); {operation.name!r} needs a model "
+            f"with a capability under {' or '.join(operation.capabilities)}",
+            operation=operation.name, pool=pool.name, serves=serves,
+        )
 
     def _narrow(self, pool: CapabilityPool, path: str | None) -> list[Model]:
         if path is None or pool.capability == path:

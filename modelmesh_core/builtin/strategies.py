@@ -18,7 +18,8 @@ from attrs import Factory, frozen
 
 from ..config import Duration
 from ..hookspecs import hookimpl
-from ..types import Model, PipelineContext, StrategySpec
+from ..pipeline import PipelineContext
+from ..types import Model, StrategySpec
 
 if TYPE_CHECKING:
     from ..pools import Services

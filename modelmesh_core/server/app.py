@@ -27,6 +27,7 @@ from .errors import (
     http_exception_response,
 )
 from .messages import MESSAGES_PREFIX, MessagesAPI, anthropic_error_response
+from .operations import add_operation_routes
 from .protocol import ProxyRunner, route_aiohttp_logs
 from .routes import ProxyServer
 from .status import StatusPage
@@ -150,6 +151,7 @@ def create_app(mesh: ModelMesh, config: ProxyConfig | None = None) -> web.Applic
     r.add_post("/v1/embeddings", server.embeddings)
     r.add_post("/v1/messages", messages.messages)
     r.add_post("/v1/messages/count_tokens", messages.count_tokens)
+    add_operation_routes(app, server)
     r.add_get("/v1/models", server.list_models, allow_head=False)
     r.add_get("/v1/models/{model:.+}", server.get_model, allow_head=False)
     batches.add_routes(app)

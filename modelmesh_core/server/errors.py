@@ -45,7 +45,9 @@ class ClientGone(Exception):
 
 _HTTP_MESSAGES = {
     404: ("Unknown path {path}. The proxy serves /v1/chat/completions, /v1/completions, "
-          "/v1/embeddings, /v1/messages, /v1/models, /v1/files, /v1/batches, /health, /ready, "
+          "/v1/embeddings, /v1/messages, /v1/images/generations, /v1/audio/speech, "
+          "/v1/audio/transcriptions, /v1/audio/translations, /v1/moderations, /v1/rerank, "
+          "/v1/search, /v1/scrape, /v1/models, /v1/files, /v1/batches, /health, /ready, "
           "/metrics and /admin/.", "not_found"),
     405: ("Method {method} is not allowed on {path}.", "method_not_allowed"),
 }

@@ -107,6 +107,7 @@ class ProxyServer:
         limit = cfg.limits.max_concurrency
         self._semaphore = asyncio.Semaphore(limit) if limit else None
         self.max_body = int(cfg.limits.max_body_size)
+        self.max_upload = int(cfg.limits.max_upload_size)
         self.body_timeout = float(cfg.limits.body_timeout)
 
     def refresh_catalogue(self) -> None:

@@ -15,12 +15,13 @@ from modelmesh_core.types import ProviderSpec
 from ._adapter import CohereAdapter
 from ._catalogue import CATALOGUE
 from ._config import DEFAULT_BASE_URL, ENV_KEYS, CohereConfig
-from ._types import RerankResponse, RerankResult
+from ._types import RerankRequest, RerankResponse, RerankResult
 
 __all__ = [
     "CONNECTOR",
     "CohereAdapter",
     "CohereConfig",
+    "RerankRequest",
     "RerankResponse",
     "RerankResult",
     "modelmesh_providers",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -61,7 +61,7 @@ from ._translate import (
     parse_tool_calls,
     usage_of,
 )
-from ._types import RerankResponse, RerankResult
+from ._types import RerankRequest, RerankResponse, RerankResult
 
 __all__ = ["CohereAdapter", "parse_rate_limit"]
 
@@ -741,17 +741,17 @@ class CohereAdapter:
         )
 
     async def rerank(
-        self,
-        model: Model,
-        query: str,
-        documents: Sequence[str],
-        top_n: int | None,
-        timeouts: Timeouts,
+        self, model: Model, request: RerankRequest, timeouts: Timeouts
     ) -> RerankResponse:
-        """``POST /v2/rerank``: ``documents`` ordered by relevance to ``query``.
+        """``POST /v2/rerank``: ``request.documents`` ordered by relevance to the query
+        (the core's rerank operation).
 
-        Returns at most ``top_n`` results (all when None), best first.
+        Returns at most ``top_n`` results (all when None), best first; ``extra`` may carry
+        ``max_tokens_per_doc``.
         """
+        documents = request.documents
+        query = request.query
+        top_n = request.top_n
         body: dict[str, Any] = {
             "model": model.upstream_id,
             "query": query,
@@ -759,6 +759,8 @@ class CohereAdapter:
         }
         if top_n is not None:
             body["top_n"] = top_n
+        if "max_tokens_per_doc" in request.extra:
+            body["max_tokens_per_doc"] = request.extra["max_tokens_per_doc"]
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = start + timeouts.total if timeouts.total is not None else None

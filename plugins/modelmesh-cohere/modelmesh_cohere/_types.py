@@ -1,34 +1,8 @@
-"""Typed results of the operations the core has no value type for yet (rerank)."""
+"""The rerank values: the core's (:mod:`modelmesh_core.operations`), re-exported under their
+old names here for code that imported them from this package."""
 
 from __future__ import annotations
 
-from attrs import Factory, frozen
+from modelmesh_core.operations import RerankRequest, RerankResponse, RerankResult
 
-__all__ = ["RerankResponse", "RerankResult"]
-
-
-@frozen(kw_only=True)
-class RerankResult:
-    """One ranked document: its ``index`` in the request's ``documents`` and its score.
-
-    ``document`` is the document text (the request's, looked up by index).
-    """
-
-    index: int
-    relevance_score: float
-    document: str
-
-
-@frozen(kw_only=True)
-class RerankResponse:
-    """The answer of a rerank call: ``results`` by descending relevance.
-
-    ``usage`` carries ``search_units`` (what Cohere bills rerank on); ``id`` is the upstream's.
-    """
-
-    results: tuple[RerankResult, ...]
-    model: str
-    provider: str
-    usage: dict[str, int] = Factory(dict)
-    latency_ms: float = 0.0
-    id: str = ""
+__all__ = ["RerankRequest", "RerankResponse", "RerankResult"]

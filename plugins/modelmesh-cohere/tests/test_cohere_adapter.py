@@ -6,7 +6,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from modelmesh_cohere import CohereAdapter, CohereConfig, RerankResult
+from modelmesh_cohere import CohereAdapter, CohereConfig, RerankRequest, RerankResult
 from modelmesh_cohere.fake import DOC_EXAMPLES, DocExample, FakeCohere, Reply, tool_call
 from modelmesh_core.errors import ProviderError
 from modelmesh_core.types import (
@@ -322,7 +322,8 @@ async def test_rerank_with_the_documented_example(make_adapter, fake) -> None:
     fake.script(DocExample("rerank"))
     doc_request = DOC_EXAMPLES["rerank_request"]
     result = await make_adapter().rerank(
-        RERANK, doc_request["query"], doc_request["documents"], doc_request["top_n"], FAST
+        RERANK, RerankRequest(query=doc_request["query"], documents=doc_request["documents"],
+                              top_n=doc_request["top_n"]), FAST
     )
     assert fake.calls[0].path == "/v2/rerank"
     assert fake.calls[0].body == {**doc_request, "model": "rerank-v3.5"}
@@ -337,7 +338,8 @@ async def test_rerank_with_the_documented_example(make_adapter, fake) -> None:
 
 async def test_rerank_orders_by_relevance_and_omits_top_n_when_none(make_adapter, fake) -> None:
     docs = ["bananas are yellow", "the capital of France is Paris", "Paris"]
-    result = await make_adapter().rerank(RERANK, "capital of France", docs, None, FAST)
+    result = await make_adapter().rerank(
+        RERANK, RerankRequest(query="capital of France", documents=docs), FAST)
     assert "top_n" not in fake.calls[0].body
     assert [r.index for r in result.results] == [1, 0, 2]
     assert result.results[0].document == docs[1]
@@ -346,7 +348,8 @@ async def test_rerank_orders_by_relevance_and_omits_top_n_when_none(make_adapter
 async def test_rerank_index_outside_the_documents_is_an_error(make_adapter, fake) -> None:
     fake.script(DocExample("rerank"))  # answers indexes up to 4
     with pytest.raises(ProviderError, match="results"):
-        await make_adapter().rerank(RERANK, "q", ["only one"], 3, FAST)
+        await make_adapter().rerank(
+            RERANK, RerankRequest(query="q", documents=["only one"], top_n=3), FAST)
 
 
 async def test_list_models(make_adapter, fake) -> None:

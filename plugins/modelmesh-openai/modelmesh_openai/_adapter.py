@@ -41,6 +41,7 @@ from modelmesh_core.errors import (
 from modelmesh_core.limits import MAX_JSON_DEPTH, too_deep
 from modelmesh_core.redaction import redact, register_secret
 from modelmesh_core.types import (
+    Choice,
     CompletionRequest,
     CompletionResponse,
     EmbeddingRequest,
@@ -54,6 +55,7 @@ from modelmesh_core.types import (
 
 from ._batches import BatchesMixin
 from ._config import Connector, OpenAIConfig
+from ._operations import OperationsMixin
 
 __all__ = ["OpenAIAdapter", "parse_duration", "parse_rate_limit", "parse_retry_after"]
 
@@ -313,9 +315,11 @@ _PREFILL_PARAMS: dict[str, dict[str, Any]] = {
 """Body parameters a server needs to continue a trailing assistant message (prefill)."""
 
 
-class OpenAIAdapter(BatchesMixin):
-    """``ProviderAdapter`` for the OpenAI chat completions / embeddings / models API, and
-    ``BatchCapable`` (files + batches) for connectors whose upstream has the Batch API.
+class OpenAIAdapter(BatchesMixin, OperationsMixin):
+    """``ProviderAdapter`` for the OpenAI chat completions / embeddings / models API, plus
+    the operations of :class:`~modelmesh_openai._operations.OperationsMixin` (images,
+    speech, transcription and translation, moderation), and ``BatchCapable`` (files +
+    batches) for connectors whose upstream has the Batch API.
 
     Built by the connector's factory as ``OpenAIAdapter(context, config, connector)``; it
     holds no session of its own and calls ``context.session()`` at request time.
@@ -361,6 +365,7 @@ class OpenAIAdapter(BatchesMixin):
         self._embed_urls: dict[str, URL] = {}
         self._models_url = URL(f"{self.base_url}/models{self._query}")
         self._client_timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
+        self._op_urls: dict[tuple[str, str], URL] = {}
         self._prefill_params = _PREFILL_PARAMS.get(connector.name)
 
     def __repr__(self) -> str:
@@ -389,6 +394,10 @@ class OpenAIAdapter(BatchesMixin):
                 url = URL(f"{self.base_url}/embeddings")
             self._embed_urls[upstream_id] = url
         return url
+
+    @staticmethod
+    def _rate_limit(resp: aiohttp.ClientResponse) -> RateLimitInfo | None:
+        return parse_rate_limit(resp.headers)
 
     def _client_timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
         cached = self._client_timeouts.get(timeouts)
@@ -549,15 +558,18 @@ class OpenAIAdapter(BatchesMixin):
         deadline: float | None,
         stream: bool,
         content_type: str | None = None,
+        *,
+        headers: list[dict[str, str]] | None = None,
     ) -> aiohttp.ClientResponse:
         """Send with key rotation; return a response with status < 400 (headers received).
 
-        ``content_type`` replaces the JSON ``Content-Type`` (a multipart upload)."""
+        ``content_type`` replaces the JSON ``Content-Type`` (a multipart upload); ``headers``
+        replaces the adapter's header sets (one per key, same order)."""
         ring = self._ring
         order = ring.order() if ring is not None else (0,)
         if not order:
             raise self._all_keys_aside(model_id)
-        headers_list = self._stream_headers if stream else self._headers
+        headers_list = headers or (self._stream_headers if stream else self._headers)
         client_timeout = self._client_timeout(timeouts)
         session = self._session()
         last: ProviderError | None = None
@@ -717,6 +729,7 @@ class OpenAIAdapter(BatchesMixin):
             role=message.get("role") or "assistant",
             upstream_model=payload.get("model") or "",
             refusal=message.get("refusal"),
+            choices=_more_choices(payload["choices"]) if len(payload["choices"]) > 1 else (),
         )
 
     async def stream(
@@ -967,6 +980,25 @@ class OpenAIAdapter(BatchesMixin):
         """Nothing to release: the shared session belongs to the mesh."""
         self._chat_urls.clear()
         self._embed_urls.clear()
+
+
+def _more_choices(raw: list[Any]) -> tuple[Choice, ...]:
+    """Choices 1…n-1 of an answer asked with ``n > 1``, in index order."""
+    out: list[Choice] = []
+    try:
+        for item in sorted(raw, key=lambda c: c.get("index", 0))[1:]:
+            message = item["message"]
+            out.append(Choice(
+                index=int(item.get("index", len(out) + 1)),
+                content=message.get("content") or "",
+                finish_reason=item.get("finish_reason"),
+                tool_calls=_tool_calls(message.get("tool_calls"), False),
+                role=message.get("role") or "assistant",
+                refusal=message.get("refusal"),
+            ))
+    except (KeyError, TypeError, AttributeError, ValueError):
+        raise ProviderError("an extra choice has no message", retryable=True) from None
+    return tuple(out)
 
 
 def _vector(raw: Any) -> list[float]:

@@ -166,6 +166,22 @@ class AzureOpenAIAdapter(OpenAIAdapter):
             self._embed_urls[upstream_id] = url
         return url
 
+    def _op_url(self, upstream_id: str, path: str) -> URL:
+        key = (path, upstream_id)
+        url = self._op_urls.get(key)
+        if url is None:
+            if self.api_style == "v1":
+                url = URL(f"{self._root}/{path}")
+            else:
+                deployment = quote(upstream_id, safe="")
+                url = URL(f"{self._root}/deployments/{deployment}/{path}{self._version_query}",
+                          encoded=True)
+            self._op_urls[key] = url
+        return url
+
+    async def _prepare_call(self) -> None:
+        await self._ensure_token()
+
     # ------------------------------------------------------------------ Entra ID tokens
 
     def _set_headers(self, headers: dict[str, str]) -> None:

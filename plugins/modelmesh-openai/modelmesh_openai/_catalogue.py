@@ -15,12 +15,16 @@ __all__ = ["CATALOGUES", "CONNECTORS"]
 CHAT = "generation.text-generation.chat-completion"
 CODE = "generation.text-generation.code-generation"
 EMBED = "representation.embeddings.text-embeddings"
+IMAGE = "generation.image-generation.text-to-image"
+TTS = "generation.audio-generation.text-to-speech"
+STT = "understanding.audio-understanding.speech-to-text"
+MODERATION = "evaluation.content-moderation"
 WEB_SEARCH = "retrieval.search.web-search"
 GROUNDED = "retrieval.rag.grounded-generation"
 
 _BASIC = frozenset({"system_prompt", "json_mode"})
 _TOOLS = _BASIC | {"tool_calling"}
-_FULL = _TOOLS | {"structured_output", "logprobs"}
+_FULL = _TOOLS | {"structured_output", "logprobs", "multiple_choices"}
 
 
 def _chat(
@@ -107,6 +111,27 @@ _OPENAI = (
     ),
     _embed("text-embedding-3-small", context=8191, price=0.02, batch=True),
     _embed("text-embedding-3-large", context=8191, price=0.13, batch=True),
+    # Non-chat operations (sync only). dall-e-3 is billed per image (standard 1024x1024);
+    # gpt-image-1 per token (text in, image out); speech is billed per character and
+    # whisper per minute, which the per-token / per-request prices cannot express: set
+    # models.<id>.pricing.per_request to your average.
+    ModelInfo(name="dall-e-3", capabilities=(IMAGE,), delivery_modes=frozenset({"sync"}),
+              context_window=1000,
+              pricing=Pricing(per_request=0.04)),
+    ModelInfo(name="gpt-image-1", capabilities=(IMAGE,), delivery_modes=frozenset({"sync"}),
+              context_window=8000,
+              pricing=Pricing(input=5.0, output=40.0)),
+    ModelInfo(name="tts-1", capabilities=(TTS,), delivery_modes=frozenset({"sync"}),
+              context_window=4096),
+    ModelInfo(name="gpt-4o-mini-tts", capabilities=(TTS,), delivery_modes=frozenset({"sync"}),
+              context_window=2000),
+    ModelInfo(name="whisper-1", capabilities=(STT,), delivery_modes=frozenset({"sync"}),
+              context_window=224),
+    ModelInfo(name="gpt-4o-transcribe", capabilities=(STT,),
+              delivery_modes=frozenset({"sync"}), context_window=16_000,
+              pricing=Pricing(input=2.5, output=10.0)),
+    ModelInfo(name="omni-moderation-latest", capabilities=(MODERATION,),
+              delivery_modes=frozenset({"sync"}), context_window=32_768),
 )
 
 _AZURE = tuple(m for m in _OPENAI if m.name in {"gpt-4o", "gpt-4o-mini", "text-embedding-3-small"})
