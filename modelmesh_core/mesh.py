@@ -47,6 +47,7 @@ from .errors import (
     did_you_mean,
 )
 from .events import EventEmitter, EventType
+from .ledger import Ledger, LedgerBackend, MemoryLedger
 from .observability import RequestLogger
 from .pipeline import RoutingPipeline
 from .plugins import PluginRegistry, load_plugins
@@ -89,7 +90,8 @@ def _timeouts(cfg: TimeoutConfig) -> Timeouts:
 def _limits(cfg: Any) -> Limits:
     if cfg is None:
         return Limits()
-    return Limits(rpm=cfg.rpm, tpm=cfg.tpm, rpd=cfg.rpd, tpd=cfg.tpd)
+    return Limits(rpm=cfg.rpm, tpm=cfg.tpm, rpd=cfg.rpd, tpd=cfg.tpd,
+                  reset_hour=cfg.reset_hour, free=cfg.free)
 
 
 @define(kw_only=True)
@@ -107,6 +109,7 @@ class _Assembly:
     services: Services
     rotation: RotationManager
     budgets: BudgetTracker
+    ledger: Ledger
     middleware: list[Any]
     sinks: list[Any]
     discovery: list[Any]
@@ -189,6 +192,21 @@ class ModelMesh:
         self._asm: _Assembly | None = None
         self._router: Router | None = None
         self._validated: MeshConfig | None = None
+        self._fallback_ledger: LedgerBackend | None = None
+
+    def _ledger_backend(self, state: StateStore) -> LedgerBackend:
+        """The store's ledger backend (kept across reloads), else one in this process."""
+        backend: LedgerBackend | None = getattr(state, "ledger_backend", None)
+        if backend is None:
+            if self._fallback_ledger is None:
+                self._fallback_ledger = MemoryLedger()
+            backend = self._fallback_ledger
+        return backend
+
+    @property
+    def ledger(self) -> Ledger:
+        """The admission ledger (limits, quotas and budgets as counted now)."""
+        return self._assembly().ledger
 
     # -- lifecycle
 
@@ -664,15 +682,20 @@ class _Builder:
             self._late_checks()
             raise ConfigError(self.errors)
         direct = self._direct_pools(models)
-        budgets = BudgetTracker(
+        ledger = Ledger(
+            backend=self.mesh._ledger_backend(state),
+            providers=providers,
             global_budget=cfg.budget,
-            providers={n: p.budget for n, p in cfg.providers.items() if p.budget is not None},
-            pools={n: p.budget for n, p in cfg.pools.items() if p.budget is not None},
-            store=getattr(state, "globals", {}), events=events, clock=clock,
+            provider_budgets={n: p.budget for n, p in cfg.providers.items()
+                              if p.budget is not None},
+            pool_budgets={n: p.budget for n, p in cfg.pools.items() if p.budget is not None},
+            events=events, clock=clock,
         )
+        budgets = BudgetTracker(ledger)
         services_base = dict(state=state, clock=clock, capabilities=tree, events=events,
                              providers=providers, models=models, pools=pools,
-                             rng=self.mesh._rng, budgets=budgets, direct_pools=direct)
+                             rng=self.mesh._rng, budgets=budgets, direct_pools=direct,
+                             ledger=ledger)
         bare = Services(**services_base)  # type: ignore[arg-type]
         self._strategies(pools, direct, bare)
         filters = self._filters(bare)
@@ -694,7 +717,8 @@ class _Builder:
         return _Assembly(
             config=cfg, registry=reg, capabilities=tree, providers=providers, models=models,
             pools=pools, direct_pools=direct, pipeline=pipeline, services=services,
-            rotation=RotationManager(state, events, clock), budgets=budgets,
+            rotation=RotationManager(state, events, clock, ledger), budgets=budgets,
+            ledger=ledger,
             middleware=middleware, sinks=sinks, discovery=discovery,
             secret_store=self.secret_store,
         )
@@ -884,7 +908,8 @@ class _Builder:
                 continue
             pricing = (Pricing(input=mc.pricing.input, output=mc.pricing.output,
                                cached_input=mc.pricing.cached_input,
-                               per_request=mc.pricing.per_request)
+                               per_request=mc.pricing.per_request,
+                               reasoning=mc.pricing.reasoning)
                        if mc.pricing is not None else (info.pricing if info else Pricing()))
             models[mid] = Model(
                 id=mid, provider=provider, upstream_id=upstream, capabilities=caps,

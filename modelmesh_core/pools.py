@@ -60,6 +60,8 @@ class Services:
     pools: Mapping[str, CapabilityPool]
     rng: random.Random
     budgets: Any = None
+    ledger: Any = None
+    """The admission ledger (:class:`~modelmesh_core.ledger.Ledger`)."""
     direct_pools: Mapping[str, CapabilityPool] = Factory(dict)
     filters: Mapping[str, Sequence[CandidateFilter]] = Factory(dict)
 

@@ -371,7 +371,7 @@ class Router:
         preq = self._pipeline_request(capability, request if is_chat else None, options, "sync")
         result = await self._execute(preq, request_id, kind, t0)
         loop = self._loop(result, preq, request_id, kind, t0)
-        while loop.next():
+        while await loop.next():
             adapter = loop.provider.adapter
             response: Any
             try:
@@ -440,7 +440,7 @@ class Router:
         first_overhead: float | None = None
         last: CompletionResponse | None = None
         total_cost = 0.0
-        while loop.next():
+        while await loop.next():
             model = loop.model
             sent = splice.begin(model)
             chunks: Any = loop.provider.adapter.stream(model, sent, loop.timeouts)
