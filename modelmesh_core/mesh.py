@@ -193,6 +193,7 @@ class ModelMesh:
         self._router: Router | None = None
         self._validated: MeshConfig | None = None
         self._fallback_ledger: LedgerBackend | None = None
+        self._reload_listeners: list[Callable[[], Any]] = []
 
     def _ledger_backend(self, state: StateStore) -> LedgerBackend:
         """The store's ledger backend (kept across reloads), else one in this process."""
@@ -224,6 +225,9 @@ class ModelMesh:
         asm = self._assemble(self._source, state=None)
         self.state = asm.services.state
         await self.state.load()
+        coordinator = getattr(self.state, "coordinator", None)
+        if coordinator is not None:
+            coordinator.on_admin(self._remote_admin)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=512, limit_per_host=128, ttl_dns_cache=300),
             timeout=aiohttp.ClientTimeout(total=None),
@@ -335,12 +339,43 @@ class ModelMesh:
         return self._loop_thread.run(coro)
 
     async def reload_config(
-        self, config: str | os.PathLike[str] | Mapping[str, Any] | MeshConfig
+        self, config: str | os.PathLike[str] | Mapping[str, Any] | MeshConfig,
+        *, everywhere: bool = True,
     ) -> None:
         """Rebuild from a new configuration, keeping model and provider state.
 
-        On any error the running configuration stays in place and the error is raised.
+        On any error the running configuration stays in place and the error is raised. With
+        a store shared by several processes, ``everywhere`` (default) has every other worker
+        and replica reload the same configuration (a path or a mapping; a ``MeshConfig``
+        object reloads only here).
         """
+        await self._reload(config)
+        coordinator = getattr(self.state, "coordinator", None)
+        if everywhere and coordinator is not None and isinstance(config, str | os.PathLike
+                                                                 | Mapping):
+            coordinator.publish_admin(
+                "reload", os.fspath(config) if isinstance(config, str | os.PathLike)
+                else dict(config))
+
+    def add_reload_listener(self, listener: Callable[[], Any]) -> None:
+        """Call ``listener()`` (it may return an awaitable) after a reload that another
+        process asked for (the proxy refreshes what it computed from the configuration)."""
+        self._reload_listeners.append(listener)
+
+    async def _remote_admin(self, action: str, arg: Any) -> None:
+        """An admin action another worker or replica published."""
+        if action == "rotate":
+            self.rotate(arg, everywhere=False)
+        elif action == "reload":
+            await self._reload(arg)
+            for listener in self._reload_listeners:
+                result = listener()
+                if inspect.isawaitable(result):
+                    await result
+
+    async def _reload(
+        self, config: str | os.PathLike[str] | Mapping[str, Any] | MeshConfig
+    ) -> None:
         old = self._asm
         asm = self._assemble(config, state=self.state)
         self._source = config
@@ -461,8 +496,11 @@ class ModelMesh:
         return {name: {**self.state.provider(name).snapshot(), "connector": p.connector}
                 for name, p in asm.providers.items()}
 
-    def rotate(self, pool: str) -> str:
-        """Force ``pool`` to switch to its next model; returns the model now first in line."""
+    def rotate(self, pool: str, *, everywhere: bool = True) -> str:
+        """Force ``pool`` to switch to its next model; returns the model now first in line.
+
+        With a store shared by several processes, ``everywhere`` (default) rotates the pool
+        in every worker and replica."""
         asm = self._assembly()
         try:
             p = asm.pools[pool]
@@ -475,6 +513,9 @@ class ModelMesh:
             p.strategy.order(p.models, ctx)  # let a fresh strategy learn the pool order first
             rotate()
         first = p.strategy.order(p.models, ctx)[0].id if p.models else ""
+        coordinator = getattr(self.state, "coordinator", None)
+        if everywhere and coordinator is not None:
+            coordinator.publish_admin("rotate", pool)
         if self.events.enabled:
             self.events.emit(EventType.POOL_ROTATED, pool=pool, model=first, manual=True)
         return first

@@ -1,4 +1,6 @@
-"""Built-in state storage: in memory, and a local JSON file that survives restarts."""
+"""Built-in state storage: in memory (one process), a local JSON file (one process, survives
+a clean restart), SQLite (the workers of one machine) and Redis (replicas on many machines).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from attrs import frozen
 from ..hookspecs import hookimpl
 from ..state import MemoryStateStore, ProviderState, UsageWindows, model_state_fields
 from ..types import StorageSpec
+from .redis_store import RedisConfig
+from .sqlite_store import SQLiteConfig
 
 __all__ = ["LocalFileStateStore"]
 
@@ -101,7 +105,25 @@ def modelmesh_storage() -> list[StorageSpec]:
     return [
         StorageSpec(name="modelmesh.memory.v1", factory=_memory, description="in this process"),
         StorageSpec(name="modelmesh.local-file.v1", factory=LocalFileStateStore,
-                    config_type=LocalFileConfig, description="a JSON file, flushed on shutdown"),
+                    config_type=LocalFileConfig,
+                    description="a JSON file, flushed on shutdown (one process; prefer "
+                                "modelmesh.sqlite.v1)"),
+        StorageSpec(name="modelmesh.sqlite.v1", factory=_sqlite, config_type=SQLiteConfig,
+                    description="a SQLite database shared by the workers of one machine"),
+        StorageSpec(name="modelmesh.redis.v1", factory=_redis, config_type=RedisConfig,
+                    description="Redis, shared by replicas on many machines"),
     ]
+
+
+def _sqlite(config: SQLiteConfig | None) -> Any:
+    from .sqlite_store import SQLiteStateStore
+
+    return SQLiteStateStore(config or SQLiteConfig())
+
+
+def _redis(config: RedisConfig | None) -> Any:
+    from .redis_store import RedisStateStore
+
+    return RedisStateStore(config or RedisConfig())
 
 
