@@ -229,3 +229,22 @@ async def test_virtual_key_counters(make_mesh: Any, fake_upstream: Any) -> None:
     assert refused.retry_after is not None and refused.retry_after > 59
     ledger.spend_key("team", 0.03)
     assert ledger.key_usage("team")["day_spend"] == pytest.approx(0.03)
+
+
+async def test_virtual_key_admission_for_the_proxy(make_mesh: Any, fake_upstream: Any) -> None:
+    from modelmesh_core.errors import BudgetExceededError
+    from modelmesh_core.keys import admit_virtual_key, charge_virtual_key, virtual_key_usage
+    from modelmesh_core.wire import WireError
+
+    a = await fake_upstream()
+    mesh = await make_mesh(openai_config([("a", a)]))
+    budget = BudgetConfig(daily=0.05)
+    await admit_virtual_key(mesh.ledger, "k", 2, budget)
+    await admit_virtual_key(mesh.ledger, "k", 2, budget)
+    with pytest.raises(WireError) as exc:
+        await admit_virtual_key(mesh.ledger, "k", 2, budget)
+    assert exc.value.status == 429 and exc.value.headers["Retry-After"] == "61"
+    charge_virtual_key(mesh.ledger, "k", 0.06)
+    assert virtual_key_usage(mesh.ledger, "k")["day_spend"] == pytest.approx(0.06)
+    with pytest.raises(BudgetExceededError):
+        await admit_virtual_key(mesh.ledger, "k", None, budget)
