@@ -132,3 +132,5 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_router.py", *session.posargs)
     if (ROOT / "benchmarks" / "bench_proxy.py").is_file():
         session.run("python", "benchmarks/bench_proxy.py", *session.posargs)
+    if (ROOT / "benchmarks" / "bench_gemini_chunks.py").is_file():
+        session.run("python", "benchmarks/bench_gemini_chunks.py", *quick)

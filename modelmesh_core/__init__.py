@@ -11,6 +11,7 @@ from .capabilities import CapabilityTree
 from .errors import (
     AllProvidersExhaustedError,
     AuthenticationError,
+    BatchRequestNotRunError,
     BudgetExceededError,
     CapabilityNotFoundError,
     ConfigError,
@@ -65,6 +66,7 @@ __all__ = [
     "AllProvidersExhaustedError",
     "AuthenticationError",
     "BatchJob",
+    "BatchRequestNotRunError",
     "BudgetExceededError",
     "CapabilityNotFoundError",
     "CapabilityPool",

@@ -41,6 +41,11 @@ class BudgetTracker:
         return self._ledger.peek(context.pool, model, context.request, context.now,
                                  budgets=True)
 
+    def record(self, model: Model, pool: str | None, cost: float) -> None:
+        """Add the cost of work billed after the fact (a provider-native batch result) to
+        every budget of ``model`` in pool ``pool``."""
+        self._ledger.record(model, pool, cost)
+
     def spent(self) -> dict[str, dict[str, float]]:
         """Spend per scope for status APIs."""
         return self._ledger.spent()

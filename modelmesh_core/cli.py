@@ -136,8 +136,8 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         if not (cfg.auth.keys or cfg.auth.admin_keys) and bind not in (
                 "127.0.0.1", "localhost", "::1"):
             print(f"modelmesh: warning: listening on {bind} with no proxy.auth keys: anyone "
-                  "who can reach this port can use your providers (the admin API stays "
-                  "loopback-only)", file=sys.stderr, flush=True)
+                  "who can reach this port can use your providers (the admin API stays off "
+                  "without an admin key)", file=sys.stderr, flush=True)
         if workers > 1:
             store = mesh.validated_config.storage.connector
             if store in _PER_PROCESS_STORES:
@@ -159,7 +159,8 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
             print(*parts, file=out, flush=True)
 
     try:
-        serve(mesh, host=host, port=port, reuse_port=bool(args.worker), print_banner=banner)
+        serve(mesh, host=host, port=port, reuse_port=bool(args.worker), print_banner=banner,
+              loop=args.loop)
     except OSError as exc:
         print(f"modelmesh: cannot listen on {host or 'the configured address'}:"
               f"{port if port is not None else ''}: {exc.strerror or exc}",
@@ -182,7 +183,7 @@ def _run_workers(args: argparse.Namespace, workers: int, host: str, port: int,
         base.append("-" + "v" * args.verbose)
     if args.log_json:
         base.append("--log-json")
-    base += ["serve", "--worker", "--workers", "1"]
+    base += ["serve", "--worker", "--workers", "1", "--loop", args.loop]
     if args.config:
         base += ["--config", args.config]
     if args.host:
@@ -595,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes sharing the port (SO_REUSEPORT)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                   help="event loop: uvloop when installed (auto, the default; install the "
+                        "'uvloop' extra), or force one")
     p.set_defaults(func=cmd_serve)
 
     p = add("check", help="validate a config; print every problem with its path")

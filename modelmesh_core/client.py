@@ -18,21 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from .config import MeshConfig
 from .mesh import ModelMesh
+from .server.sse import StreamEncoder
 from .types import CompletionResponse, RoutingOptions
 from .wire import (
-    chunk_to_dict,
     completion_to_dict,
     embeddings_to_dict,
     include_usage,
     parse_chat_request,
     parse_embeddings_request,
-    usage_chunk_dict,
 )
 
 __all__ = ["AsyncMeshClient", "MeshClient", "OpenAIObject", "create", "create_async"]
@@ -138,29 +136,21 @@ class _Usage:
 async def _chunks(
     agen: AsyncIterator[CompletionResponse], want_usage: bool, usage: _Usage,
 ) -> AsyncIterator[OpenAIObject]:
-    """Encode router chunks exactly as the proxy does (same id across the stream, usage last)."""
-    first = True
-    stream_id = ""
-    created = 0
-    model = ""
-    last_usage: dict[str, int] | None = None
-    meta: dict[str, Any] | None = None
+    """Encode router chunks exactly as the proxy does (one shared encoder); the usage and
+    cost counted are the stream's (cost from its last chunk, where the router puts it)."""
+    encoder: StreamEncoder | None = None
     async for chunk in agen:
-        if first:
-            stream_id = chunk.id or f"chatcmpl-{os.urandom(12).hex()}"
-            created = chunk.created or int(time.time())
-            model = chunk.model
-            meta = chunk.metadata
-        if chunk.usage:
-            last_usage = chunk.usage
-        if first or chunk.content or chunk.tool_calls or chunk.finish_reason or chunk.refusal:
-            yield OpenAIObject(chunk_to_dict(chunk, want_usage, first=first, id=stream_id,
-                                             created=created))
-            first = False
-    usage.add(last_usage, meta)
-    if want_usage:
-        yield OpenAIObject(usage_chunk_dict(last_usage, id=stream_id, created=created,
-                                            model=model))
+        if encoder is None:
+            encoder = StreamEncoder(chunk, include_usage=want_usage)
+        obj = encoder.encode(chunk)
+        if obj is not None:
+            yield OpenAIObject(obj)
+    if encoder is None:
+        return
+    usage.add(encoder.usage, encoder.last.metadata)
+    closing = encoder.closing()
+    if closing is not None:
+        yield OpenAIObject(closing)
 
 
 # --------------------------------------------------------------------------- async client

@@ -27,6 +27,7 @@ from .redaction import SecretStr, register_secret
 
 __all__ = [
     "Backoff",
+    "BatchConfig",
     "BudgetConfig",
     "ConnectorRef",
     "Duration",
@@ -369,10 +370,38 @@ class CorsConfig:
 
 @frozen(kw_only=True)
 class ProxyLimitsConfig:
-    """Request limits of the proxy."""
+    """Request and connection limits of the proxy."""
 
     max_body_size: ByteSize = ByteSize(4 * 2**20)
     max_concurrency: int | None = None
+    max_connections: int = 1024
+    max_file_size: ByteSize = ByteSize(64 * 2**20)
+    max_files_size: ByteSize = ByteSize(512 * 2**20)
+    header_timeout: Duration = Duration(15.0)
+    body_timeout: Duration = Duration(30.0)
+
+
+@frozen(kw_only=True)
+class ProxyAdminConfig:
+    """The admin API: open without a key only when asked, and then only to this machine."""
+
+    open_on_loopback: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+
+
+class MetricsAuth(enum.StrEnum):
+    """Who may read ``/metrics``."""
+
+    OPEN = "open"
+    KEY = "key"
+    ADMIN = "admin"
+
+
+@frozen(kw_only=True)
+class ProxyMetricsConfig:
+    """``/metrics``: ``auth`` is who may read it when proxy keys are configured."""
+
+    auth: MetricsAuth = MetricsAuth.KEY
 
 
 @frozen(kw_only=True)
@@ -384,7 +413,19 @@ class ProxyConfig:
     auth: ProxyAuthConfig = Factory(ProxyAuthConfig)
     cors: CorsConfig = Factory(CorsConfig)
     limits: ProxyLimitsConfig = Factory(ProxyLimitsConfig)
+    admin: ProxyAdminConfig = Factory(ProxyAdminConfig)
+    metrics: ProxyMetricsConfig = Factory(ProxyMetricsConfig)
     shutdown_timeout: Duration = Duration(30.0)
+
+
+@frozen(kw_only=True)
+class BatchConfig:
+    """``batch:``: how ``Router.batch`` runs a batch (provider-native or by the router)."""
+
+    native: bool = True
+    poll_interval: Duration = Duration(30.0)
+    max_poll_errors: int = 5
+    concurrency: int = 8
 
 
 @frozen(kw_only=True)
@@ -405,6 +446,7 @@ class MeshConfig:
     timeout: TimeoutConfig = Factory(TimeoutConfig)
     retry: RetryConfig = Factory(RetryConfig)
     streaming: StreamingConfig = Factory(StreamingConfig)
+    batch: BatchConfig = Factory(BatchConfig)
 
 
 # --------------------------------------------------------------------------- converter
@@ -465,7 +507,8 @@ def _make_converter() -> cattrs.Converter:
     c.register_structure_hook(bool, _strict(bool, "true or false"))
     c.register_structure_hook(Duration, lambda v, _: parse_duration(v))
     c.register_structure_hook(ByteSize, lambda v, _: parse_size(v))
-    for enum_type in (Backoff, RetryScope, OnBudgetExceeded, RequestLogLevel, OnBreak):
+    for enum_type in (Backoff, RetryScope, OnBudgetExceeded, RequestLogLevel, OnBreak,
+                      MetricsAuth):
         c.register_structure_hook(enum_type, _enum_hook)
     c.register_structure_hook_factory(_is_tuple, _make_tuple_hook(c))
     return c
@@ -621,6 +664,23 @@ def interpolate(
 # them would turn "set $MODELMESH_SECRETS_KEY" into "set $***" in the very error that says so.
 _PLAIN_SECRET_SETTINGS = frozenset(
     {"path", "prefix", "key_env", "keyring_service", "keyring_backend", "service", "backend"})
+
+def references(data: Any) -> set[str]:
+    """Every ``${env:NAME}`` / ``${secrets:NAME}`` in ``data`` (strings anywhere in it), as
+    ``"env:NAME"`` / ``"secrets:NAME"``."""
+    found: set[str] = set()
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "${" in item:
+                found.update(f"{m.group(1)}:{m.group(2).strip()}" for m in _INTERP.finditer(item))
+        elif isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return found
 
 
 def _mask_secret_section(section: Any) -> Any:
@@ -802,9 +862,17 @@ _RANGES: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("PoolConfig", "max_requests"): _at_least(1),
     ("PoolConfig", "max_tokens"): _at_least(1),
     ("PoolConfig", "deactivate_on"): _status_codes,
+    ("BatchConfig", "poll_interval"): _positive,
+    ("BatchConfig", "max_poll_errors"): _at_least(1),
+    ("BatchConfig", "concurrency"): _at_least(1),
     ("ProxyConfig", "port"): _port,
     ("ProxyLimitsConfig", "max_concurrency"): _at_least(1),
     ("ProxyLimitsConfig", "max_body_size"): _at_least(1),
+    ("ProxyLimitsConfig", "max_file_size"): _at_least(1),
+    ("ProxyLimitsConfig", "max_files_size"): _at_least(1),
+    ("ProxyLimitsConfig", "max_connections"): _at_least(1),
+    ("ProxyLimitsConfig", "header_timeout"): _positive,
+    ("ProxyLimitsConfig", "body_timeout"): _positive,
     ("VirtualKeyConfig", "rpm"): _at_least(1),
     ("RequestLogConfig", "max_payload_chars"): _at_least(1),
 }

@@ -86,7 +86,7 @@ async def _run(requests: int, concurrency: int, stream_ratio: float, seed: int,
     from .events import Event, EventType
     from .fakes import FakeUpstream, Flaky, RateLimited, Reply
     from .mesh import ModelMesh
-    from .server import create_app
+    from .server import create_app, create_runner
 
     result = DemoResult()
     reply = Reply(delay=0.004, chunk_delay=0.001)
@@ -105,7 +105,7 @@ async def _run(requests: int, concurrency: int, stream_ratio: float, seed: int,
 
         unsubscribe = mesh.events.subscribe(on_event)
         app = create_app(mesh)
-        runner = web.AppRunner(app, access_log=None)
+        runner = create_runner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

@@ -14,11 +14,13 @@ from typing import Any
 __all__ = [
     "AllProvidersExhaustedError",
     "AuthenticationError",
+    "BatchRequestNotRunError",
     "BudgetExceededError",
     "CapabilityNotFoundError",
     "ConfigError",
     "ContentFilterError",
     "ContextLengthError",
+    "InvalidRequestError",
     "ModelMeshError",
     "NoActiveModelError",
     "PluginError",
@@ -68,6 +70,21 @@ class PluginError(ModelMeshError):
 class PluginLoadWarning(UserWarning):
     """An installed plugin failed to load and was skipped (issued through :mod:`warnings`, so
     an application embedding ModelMesh sees it without enabling ModelMesh's logger)."""
+
+class InvalidRequestError(ModelMeshError):
+    """The caller's request cannot be sent as it is (too deeply nested, not encodable, …).
+
+    Raised by adapters while building the upstream body, before anything is sent; the router
+    passes it to the caller unchanged: it says nothing about the model's health, so it is
+    never recorded against the model and never moves the request to another candidate.
+    ``param`` names the offending field when known; ``status`` is 400.
+    """
+
+    status = 400
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class RoutingError(ModelMeshError):
@@ -212,6 +229,17 @@ class ContextLengthError(ProviderError):
 
 class ContentFilterError(ProviderError):
     """The provider refused the request or the answer on content-policy grounds."""
+
+
+class BatchRequestNotRunError(ProviderError):
+    """A request of a batch that never ran: the batch was cancelled or its completion window
+    passed first. ``code`` is ``batch_cancelled`` or ``batch_expired`` (OpenAI's words);
+    an expired request is retryable, a cancelled one is not."""
+
+    def __init__(self, message: str, *, code: str, **kwargs: Any) -> None:
+        kwargs.setdefault("retryable", code == "batch_expired")
+        super().__init__(message, **kwargs)
+        self.code = code
 
 
 class StreamInterruptedError(ProviderError):

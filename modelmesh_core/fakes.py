@@ -12,7 +12,9 @@ OpenAI-compatible provider adapter talks to, in the documented wire shapes:
 * ``GET /v1/models`` — the configured model list;
 * the Azure OpenAI shapes ``/openai/deployments/{deployment}/chat/completions`` and
   ``…/embeddings`` (authenticated by an ``api-key`` header); see
-  :attr:`FakeUpstream.azure_base_url`.
+  :attr:`FakeUpstream.azure_base_url`;
+* the Files and Batch APIs (``/v1/files``, ``/v1/batches``), batches processed
+  asynchronously and scripted with :class:`BatchRun` (see :mod:`modelmesh_core.fakebatches`).
 
 Every answer carries ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` headers; the
 remaining counts go down within a one-minute window of the injectable clock. Errors use the
@@ -56,8 +58,11 @@ import orjson
 from aiohttp import web
 from attrs import define, evolve, field, frozen
 
+from .fakebatches import BatchRun, FilesBatchesMixin
+
 __all__ = [
     "DEFAULT_FAKE_MODELS",
+    "BatchRun",
     "Behaviour",
     "CutStream",
     "Fail",
@@ -520,7 +525,7 @@ class _Window:
 # --------------------------------------------------------------------------- server
 
 
-class FakeUpstream:
+class FakeUpstream(FilesBatchesMixin):
     """A local fake OpenAI upstream over real HTTP.
 
     Args:
@@ -574,6 +579,7 @@ class FakeUpstream:
         self._closing: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._init_batches()
 
     # ------------------------------------------------------------------ public API
 
@@ -609,12 +615,14 @@ class FakeUpstream:
         return len(self._queue)
 
     def reset(self) -> None:
-        """Forget calls, the script, behaviour state and rate windows; restore the default."""
+        """Forget calls, the script, behaviour state, rate windows, files and batches; restore
+        the defaults."""
         self.calls.clear()
         self._queue.clear()
         self._state.clear()
         self._window = _Window(start=self.clock())
         self.default = self._initial_default
+        self._reset_batches()
 
     async def start(self) -> FakeUpstream:
         """Start listening; returns ``self``."""
@@ -628,6 +636,7 @@ class FakeUpstream:
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat)
         app.router.add_post("/openai/deployments/{deployment}/embeddings", self._embeddings)
         app.router.add_get("/openai/models", self._models)
+        self._add_batch_routes(app)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()

@@ -395,14 +395,29 @@ class Ledger:
 
     def plan(self, pool: CapabilityPool | None, model: Model) -> _Plan:
         """The counters of ``model`` in ``pool`` (built on first use)."""
-        pname = pool.name if pool is not None else ""
-        by_model = self._plans.get(pname)
+        return self._plan(pool.name if pool is not None else None, model)
+
+    def _plan(self, pool: str | None, model: Model) -> _Plan:
+        by_model = self._plans.get(pool or "")
         if by_model is None:
-            by_model = self._plans[pname] = {}
+            by_model = self._plans[pool or ""] = {}
         plan = by_model.get(model.id)
         if plan is None:
-            plan = by_model[model.id] = self._build(pname if pool is not None else None, model)
+            plan = by_model[model.id] = self._build(pool, model)
         return plan
+
+    def record(self, model: Model, pool: str | None, cost: float) -> None:
+        """Add ``cost`` billed after the fact (no reservation: a provider-native batch) to
+        the budgets of ``model`` in pool ``pool``."""
+        if not cost or not self.budgets_active:
+            return
+        plan = self._plan(pool, model)
+        budgets = plan.counters[len(plan.limits):]
+        if budgets:
+            now = self._clock()
+            self.backend.adjust(budgets, now, (0.0, 0.0, cost))
+            if self._events.enabled:
+                self._alerts(budgets, model, None, now)
 
     def _build(self, pool: str | None, model: Model) -> _Plan:
         limits = limit_counters(f"m:{model.id}", model.limits)
@@ -595,9 +610,11 @@ class Ledger:
             return None
         return got[0]
 
-    def spent(self) -> dict[str, dict[str, float]]:
-        """Budget spend per scope for status APIs (day and month)."""
-        now = self._clock()
+    def spent(self, now: float | None = None) -> dict[str, dict[str, float]]:
+        """Budget spend per scope for status APIs (day and month holding ``now``, default
+        the clock)."""
+        if now is None:
+            now = self._clock()
         out: dict[str, dict[str, float]] = {}
         scopes: list[tuple[str, BudgetConfig]] = []
         if self._global is not None:

@@ -576,6 +576,7 @@ class ModelMesh:
             self._router = Router(runner=runner, **kwargs)  # type: ignore[arg-type]
         else:
             self._router.configure(**kwargs)  # type: ignore[arg-type]
+        self._router.batch_config = asm.config.batch
 
     async def _close_sinks(self, asm: _Assembly) -> None:
         for sink in asm.sinks:

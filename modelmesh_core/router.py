@@ -23,8 +23,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from attrs import define
 
 from .attempts import AttemptLoop, as_provider_error
+from .batches import NativeBatch, batch_pipeline_request, native_job, new_batch_id, submit_native
 from .budget import BudgetTracker
-from .errors import CapabilityNotFoundError, NoActiveModelError, ProviderError
+from .config import BatchConfig
+from .errors import (
+    CapabilityNotFoundError,
+    InvalidRequestError,
+    NoActiveModelError,
+    ProviderError,
+)
 from .events import EventEmitter, EventType
 from .observability import RequestLogger, Tracer
 from .pipeline import RoutingPipeline
@@ -131,6 +138,7 @@ class Router:
     ) -> None:
         self._ids = itertools.count(1)
         self._batches: dict[str, tuple[BatchJob, asyncio.Task[None]]] = {}
+        self._native_batches: dict[str, NativeBatch] = {}
         self._runner = runner
         self._observability = _TRACER
         self.configure(pipeline=pipeline, pools=pools, providers=providers, rotation=rotation,
@@ -382,6 +390,9 @@ class Router:
             except asyncio.CancelledError:
                 loop.release()
                 raise
+            except InvalidRequestError:
+                loop.release()  # the caller's request, not the model: no record
+                raise
             except Exception as exc:
                 await loop.failed(exc)
                 continue
@@ -440,80 +451,91 @@ class Router:
         first_overhead: float | None = None
         last: CompletionResponse | None = None
         total_cost = 0.0
-        while await loop.next():
-            model = loop.model
-            sent = splice.begin(model)
-            chunks: Any = loop.provider.adapter.stream(model, sent, loop.timeouts)
-            try:
-                async for chunk in chunks:
-                    out = splice.feed(chunk)
-                    if out is None:
-                        continue
-                    if first_overhead is None:
-                        loop.upstream += perf_counter() - loop.started
-                        md = out.metadata
-                        md["attempts"] = loop.attempts
-                        md["pool"] = result.pool.name
-                        md["request_id"] = request_id
-                        md["overhead_ms"] = first_overhead = (
-                            perf_counter() - t0 - loop.upstream) * 1000.0
-                    last = out
-                    yield out
-                splice.complete()
-            except (asyncio.CancelledError, GeneratorExit):
-                total_cost += self._abandoned(loop, splice)
-                raise
-            except SpliceMismatch as why:
-                # The restarted answer cannot be spliced: end cleanly, naming the first break.
-                loop.release()
-                usage, estimated = splice.segment_usage()
-                total_cost += loop.charged(usage)
-                broken = splice.broken
-                assert broken is not None
-                error = loop.interrupted(broken, len(splice.delivered),
-                                         f"{model.id} could not continue it ({why})")
-                loop.fail_request(error)
-                raise error from None
-            except Exception as raw:
-                exc = as_provider_error(raw, model)
-                if splice.broken is not None and splice.rejected_prefill(model, exc):
-                    # Not the caller's error, not the model's: restart there without prefill.
-                    loop.upstream += perf_counter() - loop.started
+        try:
+            while await loop.next():
+                model = loop.model
+                sent = splice.begin(model)
+                chunks: Any = loop.provider.adapter.stream(model, sent, loop.timeouts)
+                try:
+                    async for chunk in chunks:
+                        out = splice.feed(chunk)
+                        if out is None:
+                            continue
+                        if first_overhead is None:
+                            loop.upstream += perf_counter() - loop.started
+                            md = out.metadata
+                            md["attempts"] = loop.attempts
+                            md["pool"] = result.pool.name
+                            md["request_id"] = request_id
+                            md["overhead_ms"] = first_overhead = (
+                                perf_counter() - t0 - loop.upstream) * 1000.0
+                        last = out
+                        yield out
+                    splice.complete()
+                except (asyncio.CancelledError, GeneratorExit):
+                    total_cost += self._abandoned(loop, splice)
+                    if last is not None:
+                        last.metadata["cancelled"] = True
+                    raise
+                except InvalidRequestError:
+                    loop.release()  # the caller's request, not the model: no record
+                    raise
+                except SpliceMismatch as why:
+                    # The restarted answer cannot be spliced: end cleanly, naming the first break.
                     loop.release()
-                    loop.emit(EventType.ATTEMPT_FAILED, attempt=loop.attempts,
-                              error=type(exc).__name__, status=exc.status,
-                              message=f"prefill rejected: {str(exc)[:250]}")
+                    usage, estimated = splice.segment_usage()
+                    total_cost += loop.charged(usage)
+                    broken = splice.broken
+                    assert broken is not None
+                    error = loop.interrupted(broken, len(splice.delivered),
+                                             f"{model.id} could not continue it ({why})")
+                    loop.fail_request(error)
+                    raise error from None
+                except Exception as raw:
+                    exc = as_provider_error(raw, model)
+                    if splice.broken is not None and splice.rejected_prefill(model, exc):
+                        # Not the caller's error, not the model's: restart there without prefill.
+                        loop.upstream += perf_counter() - loop.started
+                        loop.release()
+                        loop.emit(EventType.ATTEMPT_FAILED, attempt=loop.attempts,
+                                  error=type(exc).__name__, status=exc.status,
+                                  message=f"prefill rejected: {str(exc)[:250]}")
+                        continue
+                    mid_stream = splice.released
+                    if mid_stream:
+                        total_cost += self._broke(loop, splice, exc)
+                    outcome = await loop.failed(
+                        exc, mid_stream=mid_stream, delivered=len(splice.delivered),
+                        # Tool-call arguments can be neither continued nor spliced.
+                        stop="a tool call was in progress" if splice.tools else None)
+                    if outcome is Outcome.CONTINUE:
+                        loop.emit(EventType.STREAM_CONTINUED, delivered_chars=len(splice.delivered),
+                                  continuation=loop.continuations, error=type(exc).__name__)
                     continue
-                mid_stream = splice.released
-                if mid_stream:
-                    total_cost += self._broke(loop, splice, exc)
-                outcome = await loop.failed(
-                    exc, mid_stream=mid_stream, delivered=len(splice.delivered),
-                    # Tool-call arguments can be neither continued nor spliced.
-                    stop="a tool call was in progress" if splice.tools else None)
-                if outcome is Outcome.CONTINUE:
-                    loop.emit(EventType.STREAM_CONTINUED, delivered_chars=len(splice.delivered),
-                              continuation=loop.continuations, error=type(exc).__name__)
-                continue
-            finally:
-                await chunks.aclose()
-            elapsed = perf_counter() - loop.started
-            usage, estimated = splice.segment_usage()
-            # An upstream that reports no usage is billed from an estimate, never as free.
-            cost = loop.succeeded(usage, splice.rate_limit, elapsed)
-            total_cost += cost
-            assert last is not None
-            md = last.metadata
-            md["cost"] = total_cost
-            md["attempts"] = loop.attempts
-            if splice.segments is not None:
-                splice.close_segment(model, "complete", usage, estimated, cost)
-                md["continuations"] = len(splice.segments) - 1
-                md["segments"] = [s.as_dict() for s in splice.segments]
-            if self._event_emitter.enabled:
-                loop.report_success(elapsed, total_cost, usage, first_overhead, None)
-            return
-        raise loop.exhausted(delivered=len(splice.delivered), broken=splice.broken)
+                finally:
+                    await chunks.aclose()
+                elapsed = perf_counter() - loop.started
+                usage, estimated = splice.segment_usage()
+                # An upstream that reports no usage is billed from an estimate, never as free.
+                cost = loop.succeeded(usage, splice.rate_limit, elapsed)
+                total_cost += cost
+                assert last is not None
+                md = last.metadata
+                md["cost"] = total_cost
+                md["attempts"] = loop.attempts
+                if splice.segments is not None:
+                    splice.close_segment(model, "complete", usage, estimated, cost)
+                    md["continuations"] = len(splice.segments) - 1
+                    md["segments"] = [s.as_dict() for s in splice.segments]
+                if self._event_emitter.enabled:
+                    loop.report_success(elapsed, total_cost, usage, first_overhead, None)
+                return
+            raise loop.exhausted(delivered=len(splice.delivered), broken=splice.broken)
+        finally:
+            if last is not None:
+                # What the stream cost, however it ended (completed, failed, abandoned): the
+                # proxy bills virtual keys from it.
+                last.metadata["cost"] = total_cost
 
     @staticmethod
     def _broke(loop: AttemptLoop, splice: Splice, exc: ProviderError) -> float:
@@ -540,25 +562,52 @@ class Router:
 
     # -- batch
 
+    batch_config: BatchConfig = BatchConfig()
+    """How batches run (the ``batch:`` section; the mesh sets it)."""
+
     async def batch(
         self, capability: str, requests: Sequence[CompletionRequest],
-        options: RoutingOptions | None = None, *, concurrency: int = 8,
+        options: RoutingOptions | None = None, *, concurrency: int | None = None,
+        native: bool | None = None,
     ) -> BatchJob:
-        """Submit a batch executed by the router with bounded concurrency.
+        """Submit a batch; returns at once with its ``BatchJob``.
 
-        Returns at once with a ``BatchJob`` (``status`` ``in_progress``); ``wait_batch``
-        returns it finished (``completed``, ``failed`` or ``cancelled``), with ``results`` in
-        request order (a response or the exception for each).
+        When ``native`` (default ``batch.native``) the batch is routed in the ``batch``
+        delivery mode and submitted to the provider's own batch API if the chosen model (or
+        one of its fallbacks) lists ``batch`` and its adapter is ``BatchCapable``; the job
+        (``native_id`` set) is polled every ``batch.poll_interval``. Otherwise, and when
+        every native submission fails, the router executes the requests itself with
+        ``concurrency`` (default ``batch.concurrency``) in flight.
+
+        ``wait_batch`` returns the job finished (``completed``, ``failed``, ``cancelled`` or
+        ``expired``), with ``results`` in request order (a response or the typed error for
+        each).
         """
+        requests = list(requests)
+        config = self.batch_config
+        if requests and (config.native if native is None else native):
+            base = self._pipeline_request(capability, None, options, "batch")
+            submitted = await submit_native(
+                self, batch_pipeline_request(capability, requests, base), requests,
+                self._providers)
+            if submitted is not None:
+                upstream, model, provider, pool = submitted
+                job = native_job(upstream, model, provider, len(requests))
+                follower = NativeBatch(job, model, provider, pool, config, self._budgets)
+                task = asyncio.get_running_loop().create_task(follower.follow())
+                self._batches[job.job_id] = (job, task)
+                self._native_batches[job.job_id] = follower
+                return job
         decision = await self.route(capability, options,
                                     requests[0] if requests else None)
         job = BatchJob(
-            job_id="batch_" + os.urandom(8).hex(), status="in_progress", model=decision.model_id,
+            job_id=new_batch_id(), status="in_progress", model=decision.model_id,
             provider=decision.provider_id, request_count=len(requests),
             results=[None] * len(requests),
         )
         task = asyncio.get_running_loop().create_task(
-            self._run_batch(job, capability, list(requests), options, max(concurrency, 1)))
+            self._run_batch(job, capability, requests, options,
+                            max(concurrency or config.concurrency, 1)))
         self._batches[job.job_id] = (job, task)
         return job
 
@@ -599,8 +648,17 @@ class Router:
         return job
 
     async def cancel_batch(self, job_id: str) -> BatchJob:
-        """Cancel batch ``job_id``; finished requests keep their results."""
+        """Cancel batch ``job_id``; finished requests keep their results.
+
+        A router-executed batch is ``cancelled`` when this returns; a provider-native one is
+        ``cancelling`` until the provider has stopped it (``wait_batch`` returns it
+        ``cancelled``, with the results of the requests that ran).
+        """
         job, task = self._batches[job_id]
+        follower = self._native_batches.get(job_id)
+        if follower is not None:
+            await follower.cancel()
+            return job
         if not task.done():
             task.cancel()
             try:

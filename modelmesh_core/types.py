@@ -16,7 +16,7 @@ Everything is attrs with slots; requests and responses are built once at the edg
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
@@ -25,9 +25,11 @@ from attrs import Factory, define, field, frozen
 if TYPE_CHECKING:
     import aiohttp
 
+    from .errors import ProviderError
     from .pools import CapabilityPool
 
 __all__ = [
+    "BatchCapable",
     "BatchJob",
     "CapabilitySpec",
     "CompletionRequest",
@@ -87,6 +89,9 @@ class Feature(enum.StrEnum):
     ASSISTANT_PREFILL = "assistant_prefill"
     """Accepts a request whose last message is an assistant turn and continues that text."""
 
+
+BATCH_ENDED: frozenset[str] = frozenset({"completed", "failed", "cancelled", "expired"})
+"""The ``BatchJob.status`` values of a batch that has ended."""
 
 ALL_DELIVERY_MODES: frozenset[str] = frozenset(m.value for m in DeliveryMode)
 ALL_FEATURES: frozenset[str] = frozenset(f.value for f in Feature)
@@ -340,8 +345,15 @@ class EmbeddingResponse:
 class BatchJob:
     """Handle to a submitted batch job (seed ``Router``).
 
-    A router-executed batch fills ``results`` (one ``CompletionResponse`` or exception per
-    request, in order) as it runs; ``wait()`` on the router returns the finished job.
+    ``results`` holds one ``CompletionResponse`` or exception per request, in request order:
+    a router-executed batch fills it as it runs, a provider-native one when it ends;
+    ``Router.wait_batch`` returns the finished job. ``status`` is one of ``validating``,
+    ``in_progress``, ``finalizing``, ``cancelling`` (running) or ``completed``, ``failed``,
+    ``cancelled``, ``expired`` (ended).
+
+    Beyond the seed: ``native_id`` is the provider's own batch id when the batch was
+    submitted to the provider's batch API (``None`` for a router-executed batch); provider
+    adapters return jobs whose ``job_id`` is that id.
     """
 
     job_id: str
@@ -352,6 +364,12 @@ class BatchJob:
     completed: int = 0
     failed: int = 0
     results: list[CompletionResponse | BaseException | None] = Factory(list)
+    native_id: str | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once the job has ended (``completed``, ``failed``, ``cancelled``, ``expired``)."""
+        return self.status in BATCH_ENDED
 
 
 # --------------------------------------------------------------------------- seed: RoutingPipeline
@@ -482,6 +500,40 @@ class ProviderAdapter(Protocol):
 
     async def close(self) -> None:
         """Release what the adapter holds (not the shared session)."""
+        ...
+
+
+@runtime_checkable
+class BatchCapable(Protocol):
+    """A provider adapter that can also drive its vendor's native batch API.
+
+    ``Router.batch`` submits a batch natively when the chosen model lists the ``batch``
+    delivery mode and its adapter has these four methods; every other batch is executed by
+    the router. All four raise only :class:`~modelmesh_core.errors.ProviderError` subclasses
+    (an adapter whose upstream has no batch API raises one from ``create_batch`` before
+    sending anything, and the router falls back).
+    """
+
+    async def create_batch(
+        self, model: Model, requests: Sequence[CompletionRequest], timeouts: Timeouts
+    ) -> BatchJob:
+        """Submit ``requests`` as one batch for ``model``; the job's ``job_id`` is the
+        provider's batch id and ``request_count`` is ``len(requests)``."""
+        ...
+
+    async def get_batch(self, job_id: str, timeouts: Timeouts) -> BatchJob:
+        """Status and counts (``completed``, ``failed``) of the provider's batch ``job_id``."""
+        ...
+
+    async def batch_results(
+        self, job_id: str, timeouts: Timeouts, *, model: Model
+    ) -> list[CompletionResponse | ProviderError | None]:
+        """The results of an ended batch in request order: a response, a typed error, or
+        None for a request the provider reported nothing about."""
+        ...
+
+    async def cancel_batch(self, job_id: str, timeouts: Timeouts) -> BatchJob:
+        """Ask the provider to cancel batch ``job_id`` (status ``cancelling`` or ended)."""
         ...
 
 

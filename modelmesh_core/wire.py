@@ -9,8 +9,11 @@ ModelMesh id of the model that answered (``alpha.gpt-4o-mini``) in ``model``.
 Error mapping (:func:`error_for_exception`), status by status:
 
 ====== ==================================================================================
-400    malformed request (names the field), context length exceeded, content filtered,
-       invalid configuration (admin reload), no model supports what the request needs
+400    malformed request (names the field; nesting and name length limited by
+       :mod:`modelmesh_core.limits`), context length exceeded (also when the prompt or
+       ``max_tokens`` is beyond every candidate: ``context_length_exceeded``), a request an
+       adapter cannot encode, content filtered, invalid configuration (admin reload), no
+       model supports what the request needs
 401    missing or unknown proxy key
 403    the key may not use this pool / the admin API
 404    unknown model name (lists close matches and what exists)
@@ -48,6 +51,7 @@ from .errors import (
     ConfigError,
     ContentFilterError,
     ContextLengthError,
+    InvalidRequestError,
     ModelMeshError,
     NoActiveModelError,
     ProviderError,
@@ -56,6 +60,7 @@ from .errors import (
     RoutingError,
     StreamInterruptedError,
 )
+from .limits import MAX_JSON_DEPTH, MAX_NAME_LENGTH, OversizeReason, too_deep
 from .redaction import redact
 from .types import (
     CompletionRequest,
@@ -214,11 +219,17 @@ def _object(body: Mapping[str, Any], name: str) -> dict[str, Any] | None:
     return value
 
 
-def _require_object(body: Any) -> dict[str, Any]:
+def _require_object(body: Any, shallow: bool = False) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise WireError(
             f"The request body must be a JSON object, not {_type_name(body)}.",
             code="invalid_body",
+        )
+    deep = None if shallow else too_deep(body)
+    if deep is not None:
+        raise WireError(
+            f"The request body nests objects and arrays more than {MAX_JSON_DEPTH} levels "
+            f"deep (at '{deep[:80]}').", param=deep[:80], code="invalid_value",
         )
     return body
 
@@ -230,6 +241,9 @@ def _model(body: Mapping[str, Any]) -> str:
     model = body["model"]
     if not isinstance(model, str):
         raise _bad("model", "a string", model)
+    if len(model) > MAX_NAME_LENGTH:
+        raise WireError(f"Invalid value for 'model': longer than {MAX_NAME_LENGTH} characters.",
+                        param="model", code="invalid_value")
     model = model.strip()
     if not model:
         raise WireError("Invalid value for 'model': must not be empty.", param="model",
@@ -340,7 +354,7 @@ _CHAT_CONSUMED = frozenset(
 )
 
 
-def parse_chat_request(body: Any) -> tuple[str, CompletionRequest]:
+def parse_chat_request(body: Any, *, shallow: bool = False) -> tuple[str, CompletionRequest]:
     """Validate a ``/v1/chat/completions`` body and build the request.
 
     Returns ``(model, request)`` where ``model`` is the name the caller asked for (a pool,
@@ -352,8 +366,11 @@ def parse_chat_request(body: Any) -> tuple[str, CompletionRequest]:
     ``stream_options`` (read it back with :func:`include_usage`).
 
     Raises :class:`WireError` (status 400) naming the field on the first problem found.
+    ``shallow=True`` says the caller already knows the body nests no deeper than
+    :data:`~modelmesh_core.limits.MAX_JSON_DEPTH` (see
+    :func:`~modelmesh_core.limits.cannot_be_too_deep`).
     """
-    body = _require_object(body)
+    body = _require_object(body, shallow)
     model = _model(body)
     messages = _messages(body)
     temperature = _common_sampling(body)
@@ -398,14 +415,14 @@ def include_usage(request: CompletionRequest) -> bool:
 _LEGACY_CONSUMED = frozenset({"model", "prompt", "temperature", "max_tokens", "stream"})
 
 
-def parse_completion_request(body: Any) -> tuple[str, CompletionRequest]:
+def parse_completion_request(body: Any, *, shallow: bool = False) -> tuple[str, CompletionRequest]:
     """Validate a legacy ``/v1/completions`` body; the prompt becomes one user message.
 
     ``prompt`` must be a string (or an array holding exactly one string); token arrays,
     ``echo``, ``suffix``, ``best_of`` > 1 and integer ``logprobs`` have no chat equivalent
     and are refused with a 400 naming the field.
     """
-    body = _require_object(body)
+    body = _require_object(body, shallow)
     model = _model(body)
     if "prompt" not in body or body["prompt"] is None:
         raise WireError("Missing required parameter: 'prompt'.", param="prompt",
@@ -454,7 +471,7 @@ def parse_completion_request(body: Any) -> tuple[str, CompletionRequest]:
     )
 
 
-def parse_embeddings_request(body: Any) -> tuple[str, EmbeddingRequest]:
+def parse_embeddings_request(body: Any, *, shallow: bool = False) -> tuple[str, EmbeddingRequest]:
     """Validate a ``/v1/embeddings`` body.
 
     ``input`` is a non-empty string or a non-empty array of non-empty strings.
@@ -463,7 +480,7 @@ def parse_embeddings_request(body: Any) -> tuple[str, EmbeddingRequest]:
     ``request.metadata["encoding_format"]``. ``dimensions`` and ``user`` pass through in
     ``extra``.
     """
-    body = _require_object(body)
+    body = _require_object(body, shallow)
     model = _model(body)
     if "input" not in body or body["input"] is None:
         raise WireError("Missing required parameter: 'input'.", param="input",
@@ -762,6 +779,8 @@ def _map(
 ) -> tuple[int, str, str | None, str | None, str, dict[str, str]]:
     if isinstance(exc, WireError):
         return exc.status, exc.type, exc.code, exc.param, exc.message, exc.headers
+    if isinstance(exc, InvalidRequestError):
+        return 400, "invalid_request_error", "invalid_value", exc.param, str(exc), {}
     if isinstance(exc, CapabilityNotFoundError):
         msg = str(exc)
         if available:
@@ -771,6 +790,11 @@ def _map(
             msg = f"{msg}. Available models: {shown}. See GET /v1/models."
         return 404, "invalid_request_error", "model_not_found", "model", msg, {}
     if isinstance(exc, NoActiveModelError):
+        oversize = _oversize_param(exc.reasons)
+        if oversize is not None:
+            return (400, "invalid_request_error", "context_length_exceeded", oversize,
+                    f"{exc}. The request is larger than every candidate model accepts; "
+                    f"shorten the prompt or lower '{oversize}'.", {})
         headers = ({"Retry-After": _retry_after_header(exc.retry_after)}
                    if exc.retry_after is not None else {})
         if exc.rate_limited:
@@ -801,6 +825,15 @@ def _map(
         return 500, "server_error", "internal_error", None, str(exc), {}
     return (500, "server_error", "internal_error", None,
             f"Internal error in ModelMesh ({type(exc).__name__}); see the server log.", {})
+
+
+def _oversize_param(reasons: Mapping[str, str]) -> str | None:
+    """The field to blame when every candidate was dropped because the request is too large
+    for it (see :class:`~modelmesh_core.limits.OversizeReason`), else None."""
+    if not reasons or not all(isinstance(r, OversizeReason) for r in reasons.values()):
+        return None
+    params = {r.param for r in reasons.values()}  # type: ignore[attr-defined]
+    return "max_tokens" if params == {"max_tokens"} else "messages"
 
 
 def _map_provider(

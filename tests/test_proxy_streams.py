@@ -3,6 +3,7 @@ break of the failure catalogue, seen from the caller's side."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,7 +23,7 @@ from modelmesh_core.fakes import (
     StreamError,
 )
 from modelmesh_core.mesh import ModelMesh
-from modelmesh_core.server import create_app
+from modelmesh_core.server import SERVER_STATE, create_app
 
 ANSWER = "Streams that break mid-answer are continued on the next model without a seam."
 WORDS = ANSWER.split()
@@ -178,3 +179,80 @@ async def test_a_continuation_that_breaks_is_continued_again(fakes):
         assert chats(c)[0].body["messages"][-1]["content"] == " ".join(WORDS[:4])
         assert mesh.state.model("b.gpt-4o-mini").failures == 1
         assert len({ch.id for ch in chunks}) == 1
+
+
+async def test_who_served_a_continued_stream_is_in_its_closing_frames(fakes):
+    import aiohttp
+
+    a, b = fakes["a"], fakes["b"]
+    cfg = config({"a": a, "b": b}, prefill=("b",), strategy={
+        "connector": "modelmesh.priority-selection.v1",
+        "config": {"provider_priority": ["a", "b"]}})
+    async with proxy(cfg) as (client, _):
+        a.script(CutStream(after_words=3))
+        text, chunks = await read(client)  # include_usage: a field of the usage chunk
+        assert text == ANSWER
+        served = chunks[-1].model_extra["x_modelmesh"]
+        assert served["continuations"] == 1
+        assert [(s["model"], s["mode"]) for s in served["segments"]] == [
+            ("a.gpt-4o-mini", "original"), ("b.gpt-4o-mini", "prefill")]
+        assert served["segments"][0]["outcome"].startswith("broke")
+        assert sum(s["cost"] for s in served["segments"]) > 0
+
+        # without include_usage: an SSE comment before [DONE], which SSE clients ignore
+        a.script(CutStream(after_words=3))
+        url = str(client.base_url).rstrip("/") + "/chat/completions"
+        async with aiohttp.ClientSession() as s, s.post(
+                url, json={"model": "chat", "messages": MSG, "stream": True}) as r:
+            body = await r.text()
+        lines = [line for line in body.split("\n") if line]
+        assert lines[-1] == "data: [DONE]"
+        assert lines[-2].startswith(": x-modelmesh {")
+        assert '"mode":"prefill"' in lines[-2]
+        # an ordinary stream has neither
+        text, chunks = await read(client)
+        assert "x_modelmesh" not in (chunks[-1].model_extra or {})
+
+
+async def test_virtual_keys_pay_for_broken_and_abandoned_streams(fakes):
+    a = fakes["a"]
+    a.default = Reply(ANSWER, chunk_delay=0.05)
+    cfg = config({"a": a})
+    cfg["proxy"] = {"auth": {"keys": [{"key": "mm-team-key-0001", "name": "team"}]}}
+    mesh = ModelMesh(cfg)
+    app = create_app(mesh)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    client = openai.AsyncOpenAI(base_url=f"http://{host}:{port}/v1",
+                                api_key="mm-team-key-0001", max_retries=0)
+    try:
+        # a stream that breaks with nobody to continue it: the part delivered is billed
+        a.script(CutStream(after_words=3))
+        stream = await client.chat.completions.create(model="chat", messages=MSG,
+                                                      stream=True)  # type: ignore[arg-type]
+        with pytest.raises(openai.APIError):
+            async for _chunk in stream:
+                pass
+        state = mesh.state.model("a.gpt-4o-mini")
+        after_break = state.cost
+        assert after_break > 0
+        key = app[SERVER_STATE].auth.keys["mm-team-key-0001"]
+        assert key.day_spend == pytest.approx(after_break)
+        # a client that leaves mid-stream
+        stream = await client.chat.completions.create(model="chat", messages=MSG,
+                                                      stream=True)  # type: ignore[arg-type]
+        await stream.__anext__()
+        await stream.__anext__()
+        await stream.close()
+        for _ in range(100):
+            if key.day_spend > after_break:
+                break
+            await asyncio.sleep(0.02)
+        assert state.cost > after_break and state.failures == 1  # leaving is not a failure
+        assert key.day_spend == pytest.approx(state.cost)
+    finally:
+        await client.close()
+        await runner.cleanup()

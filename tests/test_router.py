@@ -460,7 +460,8 @@ async def test_batch_runs_with_bounded_concurrency(fake_upstream, make_mesh):
     a = await fake_upstream()
     a.default = Reply(delay=0.05)
     mesh = await make_mesh(openai_config([("a", a)]))
-    job = await mesh.router.batch("chat", [req() for _ in range(8)], concurrency=2)
+    job = await mesh.router.batch("chat", [req() for _ in range(8)], concurrency=2,
+                                  native=False)
     assert job.status == "in_progress" and job.request_count == 8
     done = await mesh.router.wait_batch(job.job_id)
     assert done.status == "completed" and done.completed == 8
@@ -474,7 +475,8 @@ async def test_batch_cancel(fake_upstream, make_mesh):
     a = await fake_upstream()
     a.default = Reply(delay=0.2)
     mesh = await make_mesh(openai_config([("a", a)]))
-    job = await mesh.router.batch("chat", [req() for _ in range(6)], concurrency=1)
+    job = await mesh.router.batch("chat", [req() for _ in range(6)], concurrency=1,
+                                  native=False)
     await asyncio.sleep(0.3)
     job = await mesh.router.cancel_batch(job.job_id)
     assert job.status == "cancelled"

@@ -22,7 +22,7 @@ from modelmesh_core.config import (
 )
 from modelmesh_core.fakes import CutStream, Fail, FakeUpstream, Reply, Silent, StallStream
 from modelmesh_core.mesh import ModelMesh
-from modelmesh_core.server import SERVER_STATE, create_app
+from modelmesh_core.server import SERVER_STATE, create_app, create_runner
 
 MSG = [{"role": "user", "content": "hi"}]
 ALPHA_KEY = "sk-alpha-test-0123456789"
@@ -81,7 +81,7 @@ async def running_proxy(config: dict[str, Any], proxy: ProxyConfig | None = None
                         shutdown_timeout: float = 5.0) -> AsyncIterator[Proxy]:
     mesh = ModelMesh(config)
     app = create_app(mesh, proxy)
-    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout)
+    runner = create_runner(app, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -506,13 +506,16 @@ async def test_virtual_key_pool_restriction_and_rpm(
         with pytest.raises(openai.PermissionDeniedError) as info:
             await limited.embeddings.create(model="alpha.text-embedding-3-small", input="x")
         assert info.value.code == "model_not_allowed"
-        # a model id inside the allowed pool is fine (second request of the minute)
-        await limited.chat.completions.create(model="beta.gpt-4o-mini", messages=MSG)
+        # a model of the allowed pool is reached only through the pool (its budget and
+        # limits): naming it directly is refused, naming the pool is fine (second request)
+        with pytest.raises(openai.PermissionDeniedError) as direct:
+            await limited.chat.completions.create(model="beta.gpt-4o-mini", messages=MSG)
+        assert direct.value.code == "model_not_allowed" and "'chat'" in str(direct.value)
         with pytest.raises(openai.RateLimitError) as rl:
             await limited.chat.completions.create(model="chat", messages=MSG)
         assert 1 <= int(rl.value.response.headers["retry-after"]) <= 60
         visible = [m.id for m in (await limited.models.list()).data]
-        assert "chat" in visible and "alpha.text-embedding-3-small" not in visible
+        assert visible == ["chat"]
 
 
 async def test_admin_api(fakes: tuple[FakeUpstream, FakeUpstream]) -> None:
@@ -772,7 +775,7 @@ async def test_admin_keys_are_not_proxy_keys(fakes: Any) -> None:
 
 
 def test_open_admin_api_is_for_this_machine_only() -> None:
-    from modelmesh_core.server import _is_loopback
+    from modelmesh_core.server.auth import is_loopback as _is_loopback
 
     assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("127.5.0.2")
     assert not _is_loopback("10.0.0.8") and not _is_loopback("192.168.1.4")
@@ -822,3 +825,68 @@ async def test_scoped_key_asking_for_an_unknown_model_gets_404(fakes: Any) -> No
         with pytest.raises(openai.NotFoundError):
             await proxy.client("mm-limited-key").chat.completions.create(
                 model="gpt-4o-mini", messages=MSG)
+
+
+# --------------------------------------------------------------------------- stream encoding
+
+
+def test_stream_frames_are_the_encoded_chunk_objects_byte_for_byte() -> None:
+    import orjson
+
+    from modelmesh_core.server.sse import StreamEncoder
+    from modelmesh_core.types import CompletionResponse, ToolCall
+    from modelmesh_core.wire import chunk_to_dict
+
+    def chunk(content: str = "", model: str = "alpha.gpt-4o-mini", **kw: Any
+              ) -> CompletionResponse:
+        return CompletionResponse(content=content, model=model, provider="alpha",
+                                  id="chatcmpl-1", created=7, **kw)
+
+    stream = [chunk("", role="assistant"), chunk("Hel"), chunk('lo "quoted" \u00e9\n'),
+              chunk(""), chunk("x", model="beta.gpt-4o-mini"),
+              chunk("", tool_calls=(ToolCall(id="c1", name="f", arguments="{}", index=0),)),
+              chunk("", finish_reason="stop", usage={"prompt_tokens": 3,
+                                                     "completion_tokens": 4})]
+    for want_usage in (False, True):
+        encoder = StreamEncoder(stream[0], include_usage=want_usage)
+        frames = [encoder.frame(c) for c in stream]
+        expected = [b"data: " + orjson.dumps(chunk_to_dict(c, want_usage, first=i == 0,
+                                                            id="chatcmpl-1", created=7))
+                    + b"\n\n" for i, c in enumerate(stream)]
+        expected[3] = None  # type: ignore[call-overload]  # nothing to say: held back
+        assert frames == expected
+        assert encoder.usage == {"prompt_tokens": 3, "completion_tokens": 4}
+        closing = encoder.closing_frames()
+        assert closing.endswith(b"data: [DONE]\n\n")
+        assert (b'"usage":{"prompt_tokens":3' in closing) is want_usage
+
+
+async def test_library_client_bills_a_stream_from_its_last_chunk(fakes: Any) -> None:
+    from modelmesh_core.client import AsyncMeshClient
+
+    config = mesh_config(*fakes)
+    config["models"]["alpha.gpt-4o-mini"] = {"pricing": {"per_request": 0.25}}
+    async with AsyncMeshClient(ModelMesh(config)) as client:
+        stream = await client.chat.completions.create(model="chat", messages=MSG, stream=True)
+        text = "".join([c.choices[0].delta.content or "" async for c in stream])
+        assert text
+        assert client.usage["cost"] == pytest.approx(0.25)
+        assert client.usage["completion_tokens"] > 0
+
+
+def test_depth_precheck_is_safe() -> None:
+    from modelmesh_core.limits import MAX_JSON_DEPTH, cannot_be_too_deep, too_deep
+
+    shallow = b'{"a": [1, {"b": "[[[["}]}'
+    assert cannot_be_too_deep(shallow)
+    deep = b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1)
+    assert not cannot_be_too_deep(deep)
+    assert too_deep(orjson_loads(deep)) is not None
+    wide = b"[" + b"[]," * 100 + b"[]]"
+    assert not cannot_be_too_deep(wide) and too_deep(orjson_loads(wide)) is None
+
+
+def orjson_loads(raw: bytes) -> Any:
+    import orjson
+
+    return orjson.loads(raw)

@@ -331,6 +331,8 @@ async def test_a_caller_leaving_mid_stream_is_billed_and_reported(fake_upstream,
     assert st.failures == 0 and st.successes == 0 and not st.trial_in_flight
     assert st.cost == pytest.approx(ev.data["cost"]) and st.cost > 0
     assert st.completion_tokens == ev.data["usage"]["completion_tokens"]
+    assert got[-1].metadata["cancelled"] is True
+    assert got[-1].metadata["cost"] == pytest.approx(st.cost)
 
 
 # --------------------------------------------------------------------------- half-open providers

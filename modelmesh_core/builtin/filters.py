@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..hookspecs import hookimpl
+from ..limits import OversizeReason
 from ..pools import Services
 from ..state import ACTIVE
 from ..types import FilterSpec, Model, PipelineContext
@@ -49,22 +50,35 @@ class FeatureFilter:
 
 
 class ContextWindowFilter:
-    """Drops models whose context window cannot hold the prompt plus the requested output."""
+    """Drops models whose context window cannot hold the prompt plus the requested output,
+    or whose output limit is below the requested ``max_tokens``.
+
+    Its reasons are :class:`~modelmesh_core.limits.OversizeReason`: when they drop every
+    candidate, the request is the caller's mistake (a 400 ``context_length_exceeded``), not
+    a pool out of service.
+    """
 
     def __init__(self, config: Any, services: Services) -> None:
         pass
 
     def reason(self, model: Model, context: PipelineContext) -> str | None:
-        window = model.context_window
         request = context.request
-        if window is None or request is None or not request.estimated_tokens:
+        if request is None:
             return None
-        need = request.estimated_tokens
-        if request.request is not None and request.request.max_tokens:
-            need += request.request.max_tokens
-        if need <= window:
+        creq = request.request
+        max_tokens = creq.max_tokens if creq is not None else None
+        limit = model.max_output_tokens
+        if max_tokens and limit is not None and max_tokens > limit:
+            return OversizeReason(f"max_tokens {max_tokens} above its output limit {limit}",
+                                  "max_tokens")
+        window = model.context_window
+        if window is None:
             return None
-        return f"context window {window} too small for ~{need} tokens"
+        need = request.estimated_tokens + (max_tokens or 0)
+        if not need or need <= window:
+            return None
+        param = "max_tokens" if max_tokens and max_tokens >= window else "messages"
+        return OversizeReason(f"context window {window} too small for ~{need} tokens", param)
 
 
 class ModelStateFilter:

@@ -25,6 +25,7 @@ import aiohttp
 from loguru import logger
 from yarl import URL
 
+from modelmesh_core.deadlines import ReadDeadline, ReadTimeout
 from modelmesh_core.errors import (
     ProviderError,
     ProviderTimeoutError,
@@ -367,25 +368,23 @@ class AnthropicAdapter(BatchesMixin):
             )
         state = _StreamState(self, model_id, parse_rate_limit(resp.headers), prefill, start, loop)
         content = resp.content
-        first_when, first_total = _bound(loop.time(), timeouts.first_byte, deadline)
-        idle = timeouts.idle
+        readline = content.readline
+        # One lazily re-armed timer for the three deadlines (modelmesh_core.deadlines).
+        watch = ReadDeadline(content, start=loop.time(), first_byte=timeouts.first_byte,
+                             idle=timeouts.idle, total=deadline)
         pending: list[bytes] = []
         events = 0
         finished = False
         try:
             while True:
-                if events:
-                    when, is_total = _bound(loop.time(), idle, deadline)
-                    phase = "total" if is_total else "idle"
-                else:
-                    when, phase = first_when, "total" if first_total else "first_byte"
+                watch.reading()
                 try:
-                    async with asyncio.timeout_at(when):
-                        line = await content.readline()
-                except TimeoutError:
-                    raise self._timeout_error(phase, model_id, timeouts) from None
+                    line = await readline()
+                except ReadTimeout as timeout:
+                    raise self._timeout_error(timeout.phase, model_id, timeouts) from None
                 except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
                     raise self._transport_error(exc, model_id, interrupted=True) from None
+                watch.read()
                 if not line:
                     if state.stop_reason is not None and state.usage_seen and not pending:
                         finished = True  # stop reason and usage delivered; only message_stop lost
@@ -408,6 +407,8 @@ class AnthropicAdapter(BatchesMixin):
                     continue
                 event = pending[0] if len(pending) == 1 else b"\n".join(pending)
                 pending.clear()
+                if not events:
+                    watch.start()
                 events += 1
                 try:
                     obj = self._loads(event)
@@ -432,6 +433,7 @@ class AnthropicAdapter(BatchesMixin):
                 if chunk is not None:
                     yield chunk
         finally:
+            watch.close()
             if finished and not content.at_eof():
                 try:
                     async with asyncio.timeout(0.05):

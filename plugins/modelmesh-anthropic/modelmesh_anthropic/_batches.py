@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from modelmesh_core.errors import ProviderError
+from modelmesh_core.errors import BatchRequestNotRunError, ProviderError
 from modelmesh_core.types import BatchJob, CompletionRequest, CompletionResponse, Model, Timeouts
 
 from ._translate import parse_message, usage_from
@@ -222,9 +222,9 @@ class BatchesMixin:
             error = result.get("error")
             return self.error_from(None, error if isinstance(error, Mapping) else {}, {},
                                    model.id)
-        return ProviderError(
+        return BatchRequestNotRunError(
             f"the batch request was {kind} before it ran",
+            code="batch_expired" if kind == "expired" else "batch_cancelled",
             provider_id=self.name,
             model_id=model.id,
-            retryable=kind == "expired",
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import FAST, claude
+from conftest import FAST, KEY, claude
 
 from modelmesh_anthropic.fake import DOC_BATCH, DOC_BATCH_RESULTS, Fail, Raw, Reply
 from modelmesh_core.errors import ProviderError
@@ -76,3 +76,55 @@ async def test_results_before_the_end_are_an_error(make_adapter, fake) -> None:
     with pytest.raises(ProviderError) as info:
         await adapter.batch_results(job.job_id, FAST, model=claude())
     assert info.value.status == 404
+
+
+# --------------------------------------------------------------------------- through Router.batch
+
+
+def mesh_config(fake, **batch: object) -> dict:
+    return {
+        "providers": {"claude": {"connector": "anthropic.claude.v1",
+                                 "config": {"base_url": fake.base_url, "api_key": KEY}}},
+        "models": {"claude.claude-haiku-4-5": {}},
+        "pools": {"chat": {"capability": "chat-completion"}},
+        "batch": {"poll_interval": "10ms", **batch},
+    }
+
+
+async def test_router_batch_of_100_with_one_failure(fake, make_mesh) -> None:
+    fake.batch_polls = 3
+    fake.script(*[Fail(400, message="messages: text content blocks must be non-empty")
+                  if i == 41 else Reply(f"answer {i}") for i in range(100)])
+    mesh = await make_mesh(mesh_config(fake))
+    job = await mesh.router.batch("chat", [ask(str(i)) for i in range(100)])
+    assert job.native_id is not None and job.native_id.startswith("msgbatch_")
+    assert (job.provider, job.model, job.status) == ("claude", "claude.claude-haiku-4-5",
+                                                     "in_progress")
+    submit = fake.calls[0]
+    assert (submit.method, submit.path) == ("POST", "/v1/messages/batches")
+    assert [r["custom_id"] for r in submit.body["requests"]] == [f"req-{i}" for i in range(100)]
+
+    done = await mesh.router.wait_batch(job.job_id, timeout=10)
+    assert (done.status, done.completed, done.failed) == ("completed", 99, 1)
+    # the fake answers results in reverse order: the router puts them in request order
+    assert [r.content for i, r in enumerate(done.results) if i != 41] == [
+        f"answer {i}" for i in range(100) if i != 41]
+    failed = done.results[41]
+    assert isinstance(failed, ProviderError) and failed.status == 400
+    assert "non-empty" in str(failed)
+    polls = [c for c in fake.calls if c.method == "GET" and c.path.endswith(job.native_id)]
+    assert len(polls) == 3
+    assert fake.calls[-1].path == f"/v1/messages/batches/{job.native_id}/results"
+
+
+async def test_router_cancels_an_anthropic_batch(fake, make_mesh) -> None:
+    fake.batch_polls = 1000
+    mesh = await make_mesh(mesh_config(fake))
+    job = await mesh.router.batch("chat", [ask("1"), ask("2")])
+    job = await mesh.router.cancel_batch(job.job_id)
+    assert job.status == "cancelling"
+    assert fake.calls[-1].path == f"/v1/messages/batches/{job.native_id}/cancel"
+    fake.batch_polls = 0
+    done = await mesh.router.wait_batch(job.job_id, timeout=10)
+    assert (done.status, done.completed, done.failed) == ("cancelled", 0, 2)
+    assert all(isinstance(r, ProviderError) and "canceled" in str(r) for r in done.results)

@@ -28,6 +28,7 @@ import aiohttp
 from loguru import logger
 from yarl import URL
 
+from modelmesh_core.deadlines import ReadDeadline, ReadTimeout
 from modelmesh_core.errors import (
     AuthenticationError,
     ContentFilterError,
@@ -500,8 +501,10 @@ class CohereAdapter:
         rate = parse_rate_limit(resp.headers)
         content = resp.content
         loads = self._loads
-        first_when, first_total = _bound(loop.time(), timeouts.first_byte, deadline)
-        idle = timeouts.idle
+        readline = content.readline
+        # One lazily re-armed timer for the three deadlines (modelmesh_core.deadlines).
+        watch = ReadDeadline(content, start=loop.time(), first_byte=timeouts.first_byte,
+                             idle=timeouts.idle, total=deadline)
         pending: list[bytes] = []
         events = 0
         delivered = 0
@@ -513,18 +516,14 @@ class CohereAdapter:
         tool_index: dict[int, int] = {}
         try:
             while True:
-                if events:
-                    when, is_total = _bound(loop.time(), idle, deadline)
-                    phase = "total" if is_total else "idle"
-                else:
-                    when, phase = first_when, "total" if first_total else "first_byte"
+                watch.reading()
                 try:
-                    async with asyncio.timeout_at(when):
-                        line = await content.readline()
-                except TimeoutError:
-                    raise self._timeout_error(phase, model_id, timeouts) from None
+                    line = await readline()
+                except ReadTimeout as timeout:
+                    raise self._timeout_error(timeout.phase, model_id, timeouts) from None
                 except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
                     raise self._transport_error(exc, model_id, interrupted=True) from None
+                watch.read()
                 if not line:
                     raise StreamInterruptedError(
                         f"the stream ended without its message-end event after {events} "
@@ -561,6 +560,8 @@ class CohereAdapter:
                         status=resp.status,
                         retryable=True,
                     ) from None
+                if not events:
+                    watch.start()
                 events += 1
                 if kind == "content-delta":
                     try:
@@ -635,6 +636,7 @@ class CohereAdapter:
                 # content-start / -end, tool-plan-delta, tool-call-end, citation-*, debug and
                 # event types added later carry nothing an OpenAI chunk has.
         finally:
+            watch.close()
             if finished and not content.at_eof():
                 # Drain the end of the chunked body so the connection can be reused.
                 try:

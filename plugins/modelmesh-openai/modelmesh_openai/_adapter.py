@@ -27,15 +27,18 @@ import aiohttp
 from loguru import logger
 from yarl import URL
 
+from modelmesh_core.deadlines import ReadDeadline, ReadTimeout
 from modelmesh_core.errors import (
     AuthenticationError,
     ContentFilterError,
     ContextLengthError,
+    InvalidRequestError,
     ProviderError,
     ProviderTimeoutError,
     RateLimitError,
     StreamInterruptedError,
 )
+from modelmesh_core.limits import MAX_JSON_DEPTH, too_deep
 from modelmesh_core.redaction import redact, register_secret
 from modelmesh_core.types import (
     CompletionRequest,
@@ -49,6 +52,7 @@ from modelmesh_core.types import (
     ToolCall,
 )
 
+from ._batches import BatchesMixin
 from ._config import Connector, OpenAIConfig
 
 __all__ = ["OpenAIAdapter", "parse_duration", "parse_rate_limit", "parse_retry_after"]
@@ -309,8 +313,9 @@ _PREFILL_PARAMS: dict[str, dict[str, Any]] = {
 """Body parameters a server needs to continue a trailing assistant message (prefill)."""
 
 
-class OpenAIAdapter:
-    """``ProviderAdapter`` for the OpenAI chat completions / embeddings / models API.
+class OpenAIAdapter(BatchesMixin):
+    """``ProviderAdapter`` for the OpenAI chat completions / embeddings / models API, and
+    ``BatchCapable`` (files + batches) for connectors whose upstream has the Batch API.
 
     Built by the connector's factory as ``OpenAIAdapter(context, config, connector)``; it
     holds no session of its own and calls ``context.session()`` at request time.
@@ -423,7 +428,19 @@ class OpenAIAdapter:
         else:
             body.pop("stream", None)
             body.pop("stream_options", None)
-        return self._dumps(body)
+        return self._encode(body, model)
+
+    def _encode(self, body: dict[str, Any], model: Model) -> bytes:
+        """``body`` as JSON; what the caller sent that cannot be encoded is their error."""
+        try:
+            return self._dumps(body)
+        except TypeError as exc:  # orjson.JSONEncodeError: too deep, not JSON-able, …
+            # What the caller sent cannot be encoded: their error (400), not the model's.
+            deep = too_deep(body)
+            raise InvalidRequestError(
+                f"The request cannot be encoded as JSON for {model.id}: {exc}"
+                + (f" (nested deeper than {MAX_JSON_DEPTH} levels at '{deep[:80]}')."
+                   if deep else "."), param=deep[:80] if deep else None) from None
 
     # ------------------------------------------------------------------ errors
 
@@ -531,8 +548,11 @@ class OpenAIAdapter:
         start: float,
         deadline: float | None,
         stream: bool,
+        content_type: str | None = None,
     ) -> aiohttp.ClientResponse:
-        """Send with key rotation; return a response with status < 400 (headers received)."""
+        """Send with key rotation; return a response with status < 400 (headers received).
+
+        ``content_type`` replaces the JSON ``Content-Type`` (a multipart upload)."""
         ring = self._ring
         order = ring.order() if ring is not None else (0,)
         if not order:
@@ -552,7 +572,8 @@ class OpenAIAdapter:
                         method,
                         url,
                         data=data,
-                        headers=headers_list[index],
+                        headers=headers_list[index] if content_type is None
+                        else {**headers_list[index], "Content-Type": content_type},
                         timeout=client_timeout,
                         raise_for_status=False,
                     )
@@ -725,26 +746,25 @@ class OpenAIAdapter:
             return
         rate = parse_rate_limit(resp.headers)
         content = resp.content
-        first_when, first_total = _bound(loop.time(), timeouts.first_byte, deadline)
-        idle = timeouts.idle
+        readline = content.readline
+        # One lazily re-armed timer for the first-byte, idle and total deadlines instead of a
+        # timer per line (see modelmesh_core.deadlines).
+        watch = ReadDeadline(content, start=loop.time(), first_byte=timeouts.first_byte,
+                             idle=timeouts.idle, total=deadline)
         pending: list[bytes] = []
         delivered = 0
         finished = False
         finish_seen = False
         try:
             while True:
-                if delivered:
-                    when, is_total = _bound(loop.time(), idle, deadline)
-                    phase = "total" if is_total else "idle"
-                else:
-                    when, phase = first_when, "total" if first_total else "first_byte"
+                watch.reading()
                 try:
-                    async with asyncio.timeout_at(when):
-                        line = await content.readline()
-                except TimeoutError:
-                    raise self._timeout_error(phase, model_id, timeouts) from None
+                    line = await readline()
+                except ReadTimeout as timeout:
+                    raise self._timeout_error(timeout.phase, model_id, timeouts) from None
                 except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
                     raise self._transport_error(exc, model_id, interrupted=True) from None
+                watch.read()
                 if not line:
                     if finish_seen:
                         # The answer and its finish_reason (and usage, which precedes the end)
@@ -799,11 +819,14 @@ class OpenAIAdapter:
                 if "error" in obj and not obj.get("choices"):
                     raise self.error_from(None, event, resp.headers, model_id)
                 chunk = self._chunk(obj, model_id, start, loop, rate if not delivered else None)
+                if not delivered:
+                    watch.start()
                 delivered += 1
                 if chunk.finish_reason:
                     finish_seen = True
                 yield chunk
         finally:
+            watch.close()
             if finished and not content.at_eof():
                 # Drain the end of the chunked body so the connection can be reused.
                 try:
@@ -893,13 +916,14 @@ class OpenAIAdapter:
         body: dict[str, Any] = dict(request.extra) if request.extra else {}
         body["model"] = model.upstream_id
         body["input"] = request.input
+        data = self._encode(body, model)
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = start + timeouts.total if timeouts.total is not None else None
         resp = await self._send(
             "POST",
             self._embed_url(model.upstream_id),
-            self._dumps(body),
+            data,
             timeouts,
             model.id,
             start,

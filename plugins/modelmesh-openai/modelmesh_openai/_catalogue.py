@@ -243,6 +243,7 @@ CONNECTORS: tuple[Connector, ...] = (
         default_base_url="https://api.openai.com/v1",
         key_env=("OPENAI_API_KEY",),
         base_url_env=("OPENAI_BASE_URL",),
+        batches=True,
     ),
     Connector(
         name="groq.api.v1",

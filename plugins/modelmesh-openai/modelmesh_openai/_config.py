@@ -99,6 +99,8 @@ class Connector:
     auth: str = "bearer"
     local: bool = False
     azure: bool = False
+    batches: bool = False
+    """The upstream has OpenAI's Files and Batch APIs (native batches)."""
 
     @property
     def env_vars(self) -> tuple[str, ...]:

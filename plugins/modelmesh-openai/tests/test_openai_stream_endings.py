@@ -128,3 +128,22 @@ async def test_vllm_is_told_to_continue_a_trailing_assistant_message(
     # OpenAI itself gets the messages as they are, with no vLLM-only parameter
     await make_adapter().complete(MODEL, CompletionRequest(messages=prefill), FAST)
     assert "continue_final_message" not in fake.calls[-1].body
+
+
+@pytest.mark.parametrize("kind", ["chat", "embed"])
+async def test_a_body_that_cannot_be_encoded_is_the_callers_error(make_adapter, fake, kind) -> None:
+    from modelmesh_core.errors import InvalidRequestError
+    from modelmesh_core.types import EmbeddingRequest
+
+    deep: Any = "x"
+    for _ in range(300):
+        deep = {"a": deep}
+    adapter = make_adapter()
+    with pytest.raises(InvalidRequestError) as info:
+        if kind == "chat":
+            await adapter.complete(MODEL, CompletionRequest(messages=HELLO,
+                                                            extra={"junk": deep}), FAST)
+        else:
+            await adapter.embed(MODEL, EmbeddingRequest(input="hi", extra={"junk": deep}), FAST)
+    assert info.value.status == 400
+    assert not fake.calls, "nothing was sent upstream"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Iterator
@@ -131,3 +132,30 @@ async def test_timeout_message_names_phase_and_fix(make_adapter, fake) -> None:
         await make_adapter().complete(MODEL, REQUEST, timeouts)
     assert "first_byte timeout of 0.1s" in str(caught.value)
     assert "alpha" in str(caught.value)
+
+
+async def test_a_slow_consumer_is_not_an_idle_upstream(make_adapter, fake) -> None:
+    """Back-pressure: a caller that reads slower than the idle timeout does not make the
+    upstream look stalled (the idle deadline only runs while the adapter waits on it)."""
+    fake.script(Reply("one two three four", chunk_delay=0.01))
+    timeouts = Timeouts(connect=2.0, first_byte=2.0, idle=0.2, total=10.0)
+    text = []
+    async for chunk in make_adapter().stream(MODEL, REQUEST, timeouts):
+        text.append(chunk.content)
+        await asyncio.sleep(0.5)
+    assert "".join(text) == "one two three four"
+
+
+async def test_idle_deadline_follows_each_line(make_adapter, fake) -> None:
+    """Chunks 0.15 s apart with a 0.25 s idle timeout stream to the end (the deadline moves
+    with every line), and a stall after them is caught within about one idle period."""
+    fake.script(Reply("a b c d e f", chunk_delay=0.15))
+    timeouts = Timeouts(connect=2.0, first_byte=2.0, idle=0.25, total=10.0)
+    chunks = [c async for c in make_adapter().stream(MODEL, REQUEST, timeouts)]
+    assert "".join(c.content for c in chunks) == "a b c d e f"
+    fake.script(StallStream(after_chunks=3))
+    t0 = time.monotonic()
+    with pytest.raises(ProviderTimeoutError) as info:
+        async for _ in make_adapter().stream(MODEL, REQUEST, timeouts):
+            pass
+    assert info.value.phase == "idle" and time.monotonic() - t0 < 1.0
