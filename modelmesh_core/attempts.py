@@ -4,11 +4,13 @@
 that does not depend on the operation: picking the next usable candidate (state is checked
 again before every attempt), recording failures and successes (model and provider state,
 budgets, the pool's strategy, events, the request log), and applying the retry decision
-(:meth:`modelmesh_core.retry.RetryState.next`). An entry point (``complete``, ``embed``,
+(:meth:`modelmesh_core.retry.RetryState.next`), and the admission ledger
+(:mod:`modelmesh_core.ledger`): every attempt reserves its request, tokens and cost before
+it is made, settles on success and releases on failure. An entry point (``complete``, ``embed``,
 ``stream``) supplies only the adapter call and what it does with the output::
 
     loop = AttemptLoop(...)
-    while loop.next():
+    while await loop.next():
         try:
             response = await loop.provider.adapter.complete(loop.model, request, loop.timeouts)
         except asyncio.CancelledError:
@@ -38,6 +40,7 @@ from .errors import (
     StreamInterruptedError,
 )
 from .events import EventEmitter, EventType
+from .ledger import Refusal
 from .observability import RequestLogger, Tracer
 from .pipeline import PipelineRequest, PipelineResult
 from .retry import DEFAULT_STREAMING, Outcome, RetryState
@@ -46,6 +49,7 @@ from .types import Model, Provider, RateLimitInfo, Timeouts
 
 if TYPE_CHECKING:
     from .budget import BudgetTracker
+    from .ledger import Ledger, Reservation
     from .state import ModelState
     from .tracing import RequestTrace
 
@@ -54,21 +58,16 @@ __all__ = ["AttemptLoop", "as_provider_error", "cost_of"]
 _TRACER = Tracer()
 
 
-def cost_of(model: Model, usage: Mapping[str, int]) -> float:
-    """USD cost of ``usage`` on ``model`` (input, cached input, output per 1M tokens, plus the
-    per-request price)."""
-    p = model.pricing
-    if not (p.input or p.output or p.per_request):
-        return 0.0
+def cost_of(model: Model, usage: Mapping[str, int] | None) -> float:
+    """USD cost of ``usage`` on ``model``: :meth:`Pricing.cost <modelmesh_core.types.Pricing.cost>`
+    (kept as a name for callers of earlier versions)."""
+    return model.pricing.cost(usage)
+
+
+def _tokens(usage: Mapping[str, int] | None) -> int:
     if not usage:
-        return p.per_request
-    prompt = usage.get("prompt_tokens", 0)
-    cached = usage.get("cached_tokens", 0)
-    cached_rate = p.input if p.cached_input is None else p.cached_input
-    return (
-        max(prompt - cached, 0) * p.input + cached * cached_rate
-        + usage.get("completion_tokens", 0) * p.output
-    ) / 1_000_000 + p.per_request
+        return 0
+    return usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
 
 
 def as_provider_error(exc: BaseException, model: Model) -> ProviderError:
@@ -93,10 +92,10 @@ class AttemptLoop:
     """
 
     __slots__ = (
-        "_budgets", "_events", "_logger", "_providers", "_rng", "_rotation", "attempts",
-        "continuations", "failures", "index", "kind", "model", "plan", "pool", "preq",
-        "provider", "request_id", "result", "same_model", "started", "state", "t0", "timeouts",
-        "trace", "upstream",
+        "_budgets", "_events", "_ledger", "_logger", "_providers", "_rng", "_rotation",
+        "attempts", "continuations", "failures", "index", "kind", "model", "plan", "pool",
+        "preq", "provider", "refused", "request_id", "reservation", "result", "same_model",
+        "started", "state", "t0", "timeouts", "trace", "upstream",
     )
 
     def __init__(
@@ -119,6 +118,9 @@ class AttemptLoop:
         self._events = events
         self._logger = logger
         self._rng = rng
+        self._ledger: Ledger | None = rotation.ledger
+        self.reservation: Reservation | None = None
+        self.refused: dict[str, Refusal] | None = None
         self.index = 0
         self.attempts = 0
         self.same_model = 0
@@ -138,18 +140,36 @@ class AttemptLoop:
 
     # -- the walk
 
-    def next(self) -> bool:
+    async def next(self) -> bool:
         """Pick the next attempt: the first candidate at or after the current one that may be
         called now (another request may have deactivated it, be running its one recovery
-        trial, or its provider may have gone down). False when the chain or the attempt
-        budget is spent."""
+        trial, or its provider may have gone down) and that the admission ledger admits (a
+        candidate without headroom is skipped, its reason kept for the final error). False
+        when the chain or the attempt budget is spent."""
         if self.attempts >= self.pool.retry.max_attempts:
             return False
         plan = self.plan
+        rotation = self._rotation
+        ledger = self._ledger
         i = self.index
         while i < len(plan):
             model = plan[i]
-            st = self._rotation.begin(model)
+            st = rotation.begin(model)
+            if st is not None and rotation.shared is not None and (
+                    st.trial_in_flight or st.provider_trial):
+                if not await rotation.claim_trial(model, st, self.timeouts_for(model)):
+                    st = None
+            if st is not None and ledger is not None:
+                got = (ledger.admit(self.pool, model, self.preq) if ledger.sync
+                       else await ledger.admit_async(self.pool, model, self.preq))
+                if type(got) is Refusal:
+                    rotation.release(model, st)
+                    if self.refused is None:
+                        self.refused = {}
+                    self.refused[model.id] = got
+                    st = None
+                else:
+                    self.reservation = got  # type: ignore[assignment]
             if st is not None:
                 provider = self._providers[model.provider]
                 self.index = i
@@ -167,10 +187,16 @@ class AttemptLoop:
         self.index = i
         return False
 
+    def timeouts_for(self, model: Model) -> Timeouts:
+        """The timeouts an attempt on ``model`` would run with."""
+        return self.pool.timeouts or self._providers[model.provider].timeouts
+
     def release(self) -> None:
         """The caller went away during the attempt: judge nothing, give back any recovery
-        trial the attempt held."""
+        trial the attempt held and what it reserved."""
         self._rotation.release(self.model, self.state)
+        if self.reservation is not None and self._ledger is not None:
+            self._ledger.release(self.reservation)
         if self.trace is not None:
             self.trace.released(self)
 
@@ -188,6 +214,9 @@ class AttemptLoop:
         """
         self.upstream += perf_counter() - self.started
         model = self.model
+        if self.reservation is not None and self._ledger is not None:
+            self._ledger.release(self.reservation)
+            self.reservation = None
         exc = as_provider_error(raw, model)
         if self.failures is None:
             self.failures = []
@@ -261,18 +290,20 @@ class AttemptLoop:
         upstream calls the attempt made (each pays the per-request price)."""
         model = model or self.model
         st = state or self.state
-        cost = cost_of(model, usage) if usage else model.pricing.per_request
+        cost = model.pricing.cost(usage)
         if requests > 1:
             cost += (requests - 1) * model.pricing.per_request
         pool = self.pool
+        if self.reservation is not None and self._ledger is not None:
+            self._ledger.settle(self.reservation, _tokens(usage), cost, model=model, pool=pool)
+            if rate_limit is not None:
+                self._ledger.observe(model, rate_limit)
         self._rotation.success(
             pool, model, st, latency_ms=elapsed * 1000.0,
             prompt_tokens=usage.get("prompt_tokens", 0) if usage else 0,
             completion_tokens=usage.get("completion_tokens", 0) if usage else 0,
             cost=cost, rate_limit=rate_limit,
         )
-        if self._budgets.active:
-            self._budgets.record(model, pool.name, cost)
         record = getattr(pool.strategy, "record", None)
         if record is not None:
             record(model, True, self.result.context)
@@ -284,11 +315,11 @@ class AttemptLoop:
         """Count the usage of the current attempt without judging the model (a stream the
         caller abandoned, the part of a broken stream that was delivered); return its cost."""
         model = self.model
-        cost = cost_of(model, usage)
+        cost = model.pricing.cost(usage)
         self._rotation.charge(model, self.state, prompt_tokens=usage.get("prompt_tokens", 0),
                               completion_tokens=usage.get("completion_tokens", 0), cost=cost)
-        if self._budgets.active:
-            self._budgets.record(model, self.pool.name, cost)
+        if self.reservation is not None and self._ledger is not None:
+            self._ledger.charge(self.reservation, _tokens(usage), cost)
         return cost
 
     # -- the end
@@ -308,8 +339,13 @@ class AttemptLoop:
         failures = self.failures
         if not failures:
             # Every candidate became unusable between routing and its turn (another request
-            # deactivated it or took its recovery trial).
-            reasons = {m.id: "became unavailable during this request" for m in self.plan}
+            # deactivated it or took its recovery trial), or had no headroom left.
+            refused = self.refused or {}
+            reasons = {}
+            for m in self.plan:
+                got = refused.get(m.id)
+                reasons[m.id] = (got.reason if got is not None
+                                 else "became unavailable during this request")
             err = NoActiveModelError(f"no model can serve pool {self.pool.name!r}", reasons)
             err.retry_after, err.rate_limited = self._rotation.earliest_return(reasons)
             return err

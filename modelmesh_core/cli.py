@@ -117,6 +117,9 @@ async def _with_mesh(config: str | None, fn: Callable[[Any], Any]) -> Any:
 # --------------------------------------------------------------------------- commands
 
 
+_PER_PROCESS_STORES = ("modelmesh.memory.v1", "modelmesh.local-file.v1")
+
+
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     """Run the proxy (optionally as several processes sharing the port)."""
     workers = max(1, args.workers)
@@ -136,6 +139,16 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
                   "who can reach this port can use your providers (the admin API stays off "
                   "without an admin key)", file=sys.stderr, flush=True)
         if workers > 1:
+            store = mesh.validated_config.storage.connector
+            if store in _PER_PROCESS_STORES:
+                print(f"modelmesh: error: --workers {workers} with storage {store!r} would run "
+                      f"{workers} independent states (every limit, budget, cooldown and "
+                      "virtual-key counter applied per worker). Share them: set\n"
+                      "  storage: {connector: modelmesh.sqlite.v1, config: {path: "
+                      ".modelmesh/state.db}}\n"
+                      "(or modelmesh.redis.v1 with a url, for several machines), or run "
+                      "one worker.", file=sys.stderr, flush=True)
+                return 2
             port = args.port if args.port is not None else cfg.port
             return _run_workers(args, workers, bind, port, out)
     host = args.host

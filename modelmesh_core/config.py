@@ -188,12 +188,18 @@ class BudgetConfig:
 
 @frozen(kw_only=True)
 class LimitsConfig:
-    """Requests / tokens per minute and per day (free-tier quotas)."""
+    """Requests / tokens per rolling minute and per day (free-tier quotas).
+
+    ``reset_hour`` is the UTC hour at which the provider's daily quota resets (0: midnight
+    UTC); ``free`` marks these quotas as a free tier (spent first by the free-tier strategy).
+    """
 
     rpm: int | None = None
     tpm: int | None = None
     rpd: int | None = None
     tpd: int | None = None
+    reset_hour: float = 0.0
+    free: bool = False
 
 
 @frozen(kw_only=True)
@@ -204,6 +210,7 @@ class PricingConfig:
     output: float = 0.0
     cached_input: float | None = None
     per_request: float = 0.0
+    reasoning: float | None = None
 
 
 @frozen(kw_only=True)
@@ -859,7 +866,8 @@ def _port(v: Any) -> str | None:
 _RANGES: dict[tuple[str, str], Callable[[Any], str | None]] = {
     **{("LimitsConfig", f): _at_least(1) for f in ("rpm", "tpm", "rpd", "tpd")},
     **{("PricingConfig", f): _at_least(0) for f in ("input", "output", "cached_input",
-                                                     "per_request")},
+                                                     "per_request", "reasoning")},
+    ("LimitsConfig", "reset_hour"): lambda v: None if 0 <= v < 24 else "must be 0 <= hour < 24",
     ("ModelConfig", "weight"): _at_least(0),
     ("ModelConfig", "context_window"): _at_least(1),
     ("ModelConfig", "max_output_tokens"): _at_least(1),

@@ -47,6 +47,7 @@ from .errors import (
     did_you_mean,
 )
 from .events import EventEmitter, EventType
+from .ledger import Ledger, LedgerBackend, MemoryLedger
 from .observability import RequestLogger
 from .operations import serving_operations
 from .pipeline import PipelineContext, RoutingPipeline
@@ -91,7 +92,8 @@ def _timeouts(cfg: TimeoutConfig) -> Timeouts:
 def _limits(cfg: Any) -> Limits:
     if cfg is None:
         return Limits()
-    return Limits(rpm=cfg.rpm, tpm=cfg.tpm, rpd=cfg.rpd, tpd=cfg.tpd)
+    return Limits(rpm=cfg.rpm, tpm=cfg.tpm, rpd=cfg.rpd, tpd=cfg.tpd,
+                  reset_hour=cfg.reset_hour, free=cfg.free)
 
 
 @define(kw_only=True)
@@ -109,6 +111,7 @@ class _Assembly:
     services: Services
     rotation: RotationManager
     budgets: BudgetTracker
+    ledger: Ledger
     middleware: list[Any]
     sinks: list[Any]
     discovery: list[Any]
@@ -207,6 +210,22 @@ class ModelMesh:
         self._router: Router | None = None
         self._validated: MeshConfig | None = None
         self._tracing: Tracing | None = None
+        self._fallback_ledger: LedgerBackend | None = None
+        self._reload_listeners: list[Callable[[], Any]] = []
+
+    def _ledger_backend(self, state: StateStore) -> LedgerBackend:
+        """The store's ledger backend (kept across reloads), else one in this process."""
+        backend: LedgerBackend | None = getattr(state, "ledger_backend", None)
+        if backend is None:
+            if self._fallback_ledger is None:
+                self._fallback_ledger = MemoryLedger()
+            backend = self._fallback_ledger
+        return backend
+
+    @property
+    def ledger(self) -> Ledger:
+        """The admission ledger (limits, quotas and budgets as counted now)."""
+        return self._assembly().ledger
 
     # -- lifecycle
 
@@ -224,6 +243,9 @@ class ModelMesh:
         asm = self._assemble(self._source, state=None)
         self.state = asm.services.state
         await self.state.load()
+        coordinator = getattr(self.state, "coordinator", None)
+        if coordinator is not None:
+            coordinator.on_admin(self._remote_admin)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=512, limit_per_host=128, ttl_dns_cache=300),
             timeout=aiohttp.ClientTimeout(total=None),
@@ -338,12 +360,43 @@ class ModelMesh:
         return self._loop_thread.run(coro)
 
     async def reload_config(
-        self, config: str | os.PathLike[str] | Mapping[str, Any] | MeshConfig
+        self, config: str | os.PathLike[str] | Mapping[str, Any] | MeshConfig,
+        *, everywhere: bool = True,
     ) -> None:
         """Rebuild from a new configuration, keeping model and provider state.
 
-        On any error the running configuration stays in place and the error is raised.
+        On any error the running configuration stays in place and the error is raised. With
+        a store shared by several processes, ``everywhere`` (default) has every other worker
+        and replica reload the same configuration (a path or a mapping; a ``MeshConfig``
+        object reloads only here).
         """
+        await self._reload(config)
+        coordinator = getattr(self.state, "coordinator", None)
+        if everywhere and coordinator is not None and isinstance(config, str | os.PathLike
+                                                                 | Mapping):
+            coordinator.publish_admin(
+                "reload", os.fspath(config) if isinstance(config, str | os.PathLike)
+                else dict(config))
+
+    def add_reload_listener(self, listener: Callable[[], Any]) -> None:
+        """Call ``listener()`` (it may return an awaitable) after a reload that another
+        process asked for (the proxy refreshes what it computed from the configuration)."""
+        self._reload_listeners.append(listener)
+
+    async def _remote_admin(self, action: str, arg: Any) -> None:
+        """An admin action another worker or replica published."""
+        if action == "rotate":
+            self.rotate(arg, everywhere=False)
+        elif action == "reload":
+            await self._reload(arg)
+            for listener in self._reload_listeners:
+                result = listener()
+                if inspect.isawaitable(result):
+                    await result
+
+    async def _reload(
+        self, config: str | os.PathLike[str] | Mapping[str, Any] | MeshConfig
+    ) -> None:
         old = self._asm
         old_tracing = self._tracing
         asm = self._assemble(config, state=self.state)
@@ -474,8 +527,11 @@ class ModelMesh:
         return {name: {**self.state.provider(name).snapshot(), "connector": p.connector}
                 for name, p in asm.providers.items()}
 
-    def rotate(self, pool: str) -> str:
-        """Force ``pool`` to switch to its next model; returns the model now first in line."""
+    def rotate(self, pool: str, *, everywhere: bool = True) -> str:
+        """Force ``pool`` to switch to its next model; returns the model now first in line.
+
+        With a store shared by several processes, ``everywhere`` (default) rotates the pool
+        in every worker and replica."""
         asm = self._assembly()
         try:
             p = asm.pools[pool]
@@ -488,6 +544,9 @@ class ModelMesh:
             p.strategy.order(p.models, ctx)  # let a fresh strategy learn the pool order first
             rotate()
         first = p.strategy.order(p.models, ctx)[0].id if p.models else ""
+        coordinator = getattr(self.state, "coordinator", None)
+        if everywhere and coordinator is not None:
+            coordinator.publish_admin("rotate", pool)
         if self.events.enabled:
             self.events.emit(EventType.POOL_ROTATED, pool=pool, model=first, manual=True)
         return first
@@ -702,12 +761,16 @@ class _Builder:
             self._late_checks()
             raise ConfigError(self.errors)
         direct = self._direct_pools(models)
-        budgets = BudgetTracker(
+        ledger = Ledger(
+            backend=self.mesh._ledger_backend(state),
+            providers=providers,
             global_budget=cfg.budget,
-            providers={n: p.budget for n, p in cfg.providers.items() if p.budget is not None},
-            pools={n: p.budget for n, p in cfg.pools.items() if p.budget is not None},
-            store=getattr(state, "globals", {}), events=events, clock=clock,
+            provider_budgets={n: p.budget for n, p in cfg.providers.items()
+                              if p.budget is not None},
+            pool_budgets={n: p.budget for n, p in cfg.pools.items() if p.budget is not None},
+            events=events, clock=clock,
         )
+        budgets = BudgetTracker(ledger)
         operations = dict(reg.operations)
         model_operations = {
             mid: serving_operations(m.capabilities, providers[m.provider].adapter,
@@ -717,7 +780,8 @@ class _Builder:
                              providers=providers, models=models, pools=pools,
                              rng=self.mesh._rng, budgets=budgets, direct_pools=direct,
                              catalogues={n: specs[n].catalogue for n in providers},
-                             operations=operations, model_operations=model_operations)
+                             operations=operations, model_operations=model_operations,
+                             ledger=ledger)
         bare = Services(**services_base)  # type: ignore[arg-type]
         self._strategies(pools, direct, bare)
         filters = self._filters(bare)
@@ -740,7 +804,8 @@ class _Builder:
         return _Assembly(
             config=cfg, registry=reg, capabilities=tree, providers=providers, models=models,
             pools=pools, direct_pools=direct, pipeline=pipeline, services=services,
-            rotation=RotationManager(state, events, clock), budgets=budgets,
+            rotation=RotationManager(state, events, clock, ledger), budgets=budgets,
+            ledger=ledger,
             middleware=middleware, sinks=sinks, discovery=discovery,
             secret_store=self.secret_store,
         )
@@ -930,7 +995,8 @@ class _Builder:
                 continue
             pricing = (Pricing(input=mc.pricing.input, output=mc.pricing.output,
                                cached_input=mc.pricing.cached_input,
-                               per_request=mc.pricing.per_request)
+                               per_request=mc.pricing.per_request,
+                               reasoning=mc.pricing.reasoning)
                        if mc.pricing is not None else (info.pricing if info else Pricing()))
             models[mid] = Model(
                 id=mid, provider=provider, upstream_id=upstream, capabilities=caps,

@@ -12,6 +12,7 @@ from .budget import BudgetTracker
 from .capabilities import CapabilityTree
 from .config import PoolConfig, RetryConfig, StreamingConfig
 from .events import EventEmitter
+from .ledger import Ledger
 from .state import Clock, StateStore
 from .types import Model, ModelInfo, OperationSpec, Provider, Timeouts
 
@@ -63,6 +64,8 @@ class Services:
     pools: Mapping[str, CapabilityPool]
     rng: random.Random
     budgets: BudgetTracker | None = None
+    ledger: Ledger | None = None
+    """The admission ledger."""
     direct_pools: Mapping[str, CapabilityPool] = Factory(dict)
     filters: Mapping[str, Sequence[CandidateFilter]] = Factory(dict)
     catalogues: Mapping[str, Sequence[ModelInfo]] = Factory(dict)

@@ -12,14 +12,16 @@ are the manual controls.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import AuthenticationError, ProviderError, RateLimitError
 from .events import EventEmitter, EventType
 from .state import ACTIVE, STANDBY, ModelState, StateStore
-from .types import Model, RateLimitInfo
+from .types import Model, RateLimitInfo, Timeouts
+from .windows import next_utc_day
 
 if TYPE_CHECKING:
+    from .ledger import Ledger
     from .pools import CapabilityPool
     from .state import Clock
 
@@ -31,12 +33,47 @@ _PROVIDER_COOLDOWN_AUTH = 300.0
 class RotationManager:
     """Applies attempt outcomes to state and emits the matching events."""
 
-    __slots__ = ("_clock", "_events", "_state")
+    __slots__ = ("_clock", "_events", "_state", "ledger", "shared")
 
-    def __init__(self, state: StateStore, events: EventEmitter, clock: Clock) -> None:
+    def __init__(self, state: StateStore, events: EventEmitter, clock: Clock,
+                 ledger: Ledger | None = None) -> None:
         self._state = state
         self._events = events
         self._clock = clock
+        self.ledger = ledger
+        # A store shared by several processes coordinates recovery trials and publishes
+        # health transitions (see modelmesh_core.shared); None for one process.
+        self.shared: Any = getattr(state, "coordinator", None)
+
+    def _publish(self, st: ModelState) -> None:
+        if self.shared is not None:
+            self.shared.publish_model(st)
+
+    def _publish_provider(self, name: str) -> None:
+        if self.shared is not None:
+            self.shared.publish_provider(self._state.provider(name))
+
+    async def claim_trial(self, model: Model, st: ModelState, timeouts: Timeouts) -> bool:
+        """Claim, across every process sharing the store, the recovery trial :meth:`begin`
+        granted locally; False (and the local trial given back) when another one holds it."""
+        shared = self.shared
+        ttl = min(timeouts.total or 120.0, 120.0) + 5.0
+        keys = []
+        if st.trial_in_flight:
+            keys.append(f"m:{model.id}:{st.cooldown_until!r}")
+        if st.provider_trial:
+            ps = self._state.provider(model.provider)
+            keys.append(f"p:{model.provider}:{ps.cooldown_until!r}")
+        won: list[str] = []
+        for key in keys:
+            if not await shared.claim_trial(key, ttl):
+                for k in won:
+                    shared.release_trial(k)
+                self.release(model, st)
+                return False
+            won.append(key)
+        st.trial_keys = tuple(won)
+        return True
 
     # -- outcomes
 
@@ -76,6 +113,10 @@ class RotationManager:
         if st.provider_trial:
             st.provider_trial = False
             self._state.provider(model.provider).trial_in_flight = False
+        if st.trial_keys:
+            for key in st.trial_keys:
+                self.shared.release_trial(key)
+            st.trial_keys = ()
 
     def charge(self, model: Model, st: ModelState, *, prompt_tokens: int,
                completion_tokens: int, cost: float) -> None:
@@ -126,6 +167,7 @@ class RotationManager:
         if st.provider_trial:
             st.provider_trial = False
             ps.trial_in_flight = False
+        st.trial_keys = ()
         if not ps.available:
             self.provider_up(model.provider)
         if st.status != ACTIVE:
@@ -155,6 +197,7 @@ class RotationManager:
         )
         was_trial = st.trial_in_flight
         st.trial_in_flight = False
+        st.trial_keys = ()
         provider_trial = st.provider_trial
         if provider_trial:
             st.provider_trial = False
@@ -189,10 +232,11 @@ class RotationManager:
         if isinstance(error, RateLimitError):
             wait = error.retry_after
             if error.quota:
-                until = now + wait if wait else (int(now // 86400) + 1) * 86400.0
+                until = now + wait if wait else next_utc_day(now)
                 self.deactivate(model, "quota_exhausted", until=until, pool=pool)
                 return True
             st.retry_after_until = now + (wait if wait is not None else min(cfg.cooldown, 5.0))
+            self._publish(st)
         if was_trial:
             self.deactivate(model, st.deactivation_reason or "error_threshold",
                             until=now + cfg.cooldown, pool=pool)
@@ -232,6 +276,11 @@ class RotationManager:
                 is_limited = now < st.retry_after_until or (
                     info is not None and info.remaining_requests == 0
                     and now < st.rate_limit_at + (info.reset_requests or 0.0))
+                held = self.ledger.held_until(mid, now) if self.ledger is not None else None
+                if held is not None:
+                    # No headroom left under a configured limit, quota or budget.
+                    is_limited = True
+                    until = max(until, held)
             limited = limited and is_limited
             if until > now and (best is None or until - now < best):
                 best = until - now
@@ -250,6 +299,7 @@ class RotationManager:
         st.cooldown_until = until
         st.deactivated_at = self._clock()
         st.trial_in_flight = False
+        self._publish(st)
         if was_active:
             st.rotations += 1
             if self._events.enabled:
@@ -267,6 +317,7 @@ class RotationManager:
         st.trial_in_flight = False
         st.consecutive_failures = 0
         st.base_requests, st.base_tokens = st.requests, st.tokens
+        self._publish(st)
         if self._events.enabled:
             self._events.emit(
                 EventType.MODEL_RECOVERED, model=model.id, provider=model.provider,
@@ -287,6 +338,7 @@ class RotationManager:
             return
         ps.available, ps.auth_valid = True, True
         ps.deactivation_reason, ps.cooldown_until = None, 0.0
+        self._publish_provider(provider)
         if self._events.enabled:
             self._events.emit(EventType.PROVIDER_UP, provider=provider)
 
@@ -299,8 +351,11 @@ class RotationManager:
             ps.available, ps.auth_valid = True, True
             ps.deactivation_reason, ps.cooldown_until = None, 0.0
             ps.trial_in_flight = False
+            self._publish_provider(model.provider)
         if st.status != ACTIVE:
             self._recover(model, st, None)
+        else:
+            self._publish(st)
 
     def provider_down(self, provider: str, reason: str, until: float) -> None:
         """Deactivate every model of ``provider`` (in every pool) until ``until``."""
@@ -312,6 +367,7 @@ class RotationManager:
         ps.trial_in_flight = False
         if until > 0:
             ps.down_for = max(until - self._clock(), 0.0)
+        self._publish_provider(provider)
         if was and self._events.enabled:
             self._events.emit(EventType.PROVIDER_DOWN, provider=provider, reason=reason,
                               cooldown_until=until or None)

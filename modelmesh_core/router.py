@@ -519,7 +519,7 @@ class Router:
         result = await self._execute(preq, request_id, kind, t0)
         loop = self._loop(result, preq, request_id, kind, t0)
         method = op.method
-        while loop.next():
+        while await loop.next():
             calls = 1
             try:
                 if choices > 1 and _MULTIPLE_CHOICES not in loop.model.features:
@@ -596,7 +596,7 @@ class Router:
         last: CompletionResponse | None = None
         total_cost = 0.0
         try:
-            while loop.next():
+            while await loop.next():
                 model = loop.model
                 sent = splice.begin(model)
                 chunks: Any = loop.provider.adapter.stream(model, sent, loop.timeouts)

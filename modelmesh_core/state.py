@@ -7,7 +7,6 @@ tests can drive cooldowns and windows without sleeping.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -16,6 +15,7 @@ import attrs
 from attrs import Factory, define
 
 from .types import RateLimitInfo
+from .windows import utc_day, utc_month
 
 __all__ = [
     "Clock",
@@ -36,17 +36,6 @@ STANDBY = "standby"
 
 LATENCY_WINDOW = 64
 EWMA_ALPHA = 0.3
-
-
-def utc_day(ts: float) -> int:
-    """Days since the epoch, UTC (the daily window key)."""
-    return int(ts // 86400)
-
-
-def utc_month(ts: float) -> int:
-    """``year * 12 + month - 1`` in UTC (the monthly window key)."""
-    t = time.gmtime(ts)
-    return t.tm_year * 12 + t.tm_mon - 1
 
 
 @define(kw_only=True)
@@ -116,6 +105,9 @@ class ModelState(UsageWindows):
     rate_limit: RateLimitInfo | None = None
     rate_limit_at: float = 0.0
     retry_after_until: float = 0.0
+    trial_keys: tuple[str, ...] = ()
+    """The shared-store recovery-trial tokens the running trial holds (several processes)."""
+
     @property
     def tokens(self) -> int:
         """Total tokens used."""
@@ -224,6 +216,8 @@ class MemoryStateStore:
     _models: dict[str, ModelState] = Factory(dict)
     _providers: dict[str, ProviderState] = Factory(dict)
     globals: dict[str, Any] = Factory(dict)
+    ledger_backend: Any = Factory(lambda: _memory_ledger())
+    """Where the admission ledger counts (:class:`~modelmesh_core.ledger.MemoryLedger`)."""
 
     def model(self, model_id: str) -> ModelState:
         """The live state of ``model_id`` (created on first use)."""
@@ -257,7 +251,14 @@ class MemoryStateStore:
         """Nothing to release."""
 
 
+def _memory_ledger() -> Any:
+    from .ledger import MemoryLedger
+
+    return MemoryLedger()
+
+
 def model_state_fields() -> list[str]:
     """Names of the persisted ModelState fields (for file-backed stores)."""
-    skip = {"latencies_ms", "outcomes", "rate_limit", "trial_in_flight", "provider_trial"}
+    skip = {"latencies_ms", "outcomes", "rate_limit", "trial_in_flight", "provider_trial",
+            "trial_keys"}
     return [a.name for a in attrs.fields(ModelState) if a.name not in skip]

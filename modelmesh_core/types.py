@@ -108,35 +108,66 @@ ALL_FEATURES: frozenset[str] = frozenset(f.value for f in Feature)
 
 @frozen(kw_only=True)
 class Pricing:
-    """USD per 1M tokens (``input``, ``output``, ``cached_input``) and per request."""
+    """USD per 1M tokens (``input``, ``cached_input``, ``output``, ``reasoning``) and per
+    request. This is the one cost formula of ModelMesh (budgets, the admission ledger, the
+    cost-first strategy and the bill of every response use it)."""
 
     input: float = 0.0
     output: float = 0.0
     cached_input: float | None = None
     per_request: float = 0.0
+    reasoning: float | None = None
 
-    def cost(self, usage: Usage) -> float:
-        """Cost in USD of one request with the given usage.
+    def cost(self, usage: Usage | Mapping[str, int] | None) -> float:
+        """Cost in USD of one request with the given usage (a :class:`Usage` or the plain
+        ``usage`` dict of a response; None or empty: the per-request price alone).
 
-        Cached prompt tokens are billed at ``cached_input`` (``input`` when not set); reasoning
-        tokens are already part of ``completion_tokens`` in the OpenAI usage shape.
+        Cached prompt tokens are billed at ``cached_input`` (``input`` when not set);
+        reasoning tokens are part of ``completion_tokens`` (the OpenAI usage shape) and are
+        billed at ``reasoning`` when set, else at ``output``.
         """
-        cached = usage.cached_tokens
-        fresh = max(usage.prompt_tokens - cached, 0)
+        if not usage:
+            return self.per_request
+        if isinstance(usage, Usage):
+            prompt, cached = usage.prompt_tokens, usage.cached_tokens
+            completion, reasoning = usage.completion_tokens, usage.reasoning_tokens
+        else:
+            get = usage.get
+            prompt, cached = get("prompt_tokens", 0), get("cached_tokens", 0)
+            completion, reasoning = get("completion_tokens", 0), get("reasoning_tokens", 0)
+        if not (self.input or self.output or self.cached_input or self.reasoning):
+            return self.per_request
         cached_rate = self.input if self.cached_input is None else self.cached_input
-        return (
-            fresh * self.input + cached * cached_rate + usage.completion_tokens * self.output
-        ) / 1_000_000 + self.per_request
+        total = max(prompt - cached, 0) * self.input + cached * cached_rate
+        if self.reasoning is not None and reasoning:
+            reasoning = min(reasoning, completion)
+            total += (completion - reasoning) * self.output + reasoning * self.reasoning
+        else:
+            total += completion * self.output
+        return total / 1_000_000 + self.per_request
+
+    def cost_of(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """Cost of ``prompt_tokens`` fresh input and ``completion_tokens`` output (an
+        estimate before the request is sent)."""
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000 \
+            + self.per_request
 
 
 @frozen(kw_only=True)
 class Limits:
-    """Configured rate limits and free-tier quotas; None means unlimited."""
+    """Configured rate limits and free-tier quotas; None means unlimited.
+
+    ``rpm`` / ``tpm`` count a rolling minute; ``rpd`` / ``tpd`` the day starting at
+    ``reset_hour`` UTC (0: midnight UTC; providers that reset at another hour say so).
+    ``free`` marks the quotas as a free tier (the free-tier strategy spends these first).
+    """
 
     rpm: int | None = None
     tpm: int | None = None
     rpd: int | None = None
     tpd: int | None = None
+    reset_hour: float = 0.0
+    free: bool = False
 
 
 @frozen(kw_only=True)

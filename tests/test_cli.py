@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from modelmesh_core.cli import main
 
@@ -230,9 +231,15 @@ def _wait_health(port: int, proc: subprocess.Popen[str], timeout: float = 20) ->
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_serve_and_sigterm(good: Path, workers: int) -> None:
+def test_serve_and_sigterm(good: Path, workers: int, tmp_path: Path) -> None:
     if workers > 1 and not hasattr(socket, "SO_REUSEPORT"):
         pytest.skip("no SO_REUSEPORT")
+    if workers > 1:  # several workers must share their state (serve refuses the memory store)
+        shared = yaml.safe_load(good.read_text())
+        shared["storage"] = {"connector": "modelmesh.sqlite.v1",
+                             "config": {"path": str(tmp_path / "state.db")}}
+        good = tmp_path / "shared.yaml"
+        good.write_text(yaml.safe_dump(shared))
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelmesh_core.cli", "serve", "-c", str(good), "--port",

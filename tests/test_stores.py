@@ -433,7 +433,10 @@ async def test_configured_rpm_is_respected_without_a_429(
     assert len(plugin.adapters["a"].calls) == 2
     decision = await mesh.router.route("chat")
     assert "requests-per-minute" in decision.reasons["a.mock-chat"]
+    # A rolling minute (one-second buckets) holds a request between 60 and 61 seconds.
     manual_clock.advance(60)
+    assert (await mesh.router.complete("chat", request())).model == "b.mock-chat"
+    manual_clock.advance(1)
     assert (await mesh.router.complete("chat", request())).model == "a.mock-chat"
 
 
@@ -465,7 +468,10 @@ async def test_provider_rpm_limit_and_no_active_model(make_mesh: Any, manual_clo
     with pytest.raises(NoActiveModelError) as exc:
         await mesh.router.complete("chat", request())
     assert "provider 'a'" in exc.value.reasons["a.mock-chat"]
-    manual_clock.advance(60)
+    # Over its limit a candidate is refused with a 429 and when to come back.
+    assert exc.value.rate_limited
+    assert exc.value.retry_after == pytest.approx(61.0)
+    manual_clock.advance(61)
     assert (await mesh.router.complete("chat", request())).model == "a.mock-chat"
 
 

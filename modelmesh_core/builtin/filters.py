@@ -135,60 +135,33 @@ class ProviderStateFilter:
 
 
 class RateLimitFilter:
-    """Drops models whose configured quota (rpm, tpm, rpd, tpd of the model or its provider)
-    is used up, or whose upstream reported no requests remaining before the reset.
+    """Drops models without headroom under their configured limits (rpm, tpm, rpd, tpd of the
+    model or its provider, as counted by the admission ledger), or whose upstream reported no
+    requests remaining before the reset.
 
-    This is how limits are predicted and avoided instead of discovered by 429s.
+    This is how limits are predicted and avoided instead of discovered by 429s; the ledger
+    checks again, atomically, when the attempt is admitted.
     """
 
     def __init__(self, config: Any, services: Services) -> None:
         self._state = services.state
-        self._providers = services.providers
+        self._ledger = services.ledger
 
     def reason(self, model: Model, context: PipelineContext) -> str | None:
         now = context.now
-        request = context.request
-        tokens = request.estimated_tokens if request is not None else 0
-        limits = model.limits
-        if limits.rpm or limits.tpm or limits.rpd or limits.tpd:
-            st = self._state.model(model.id)
-            st.roll_windows(now)
-            why = _over(limits, st.minute_requests, st.minute_tokens, st.day_requests,
-                        st.day_tokens, tokens)
+        ledger = self._ledger
+        if ledger is not None:
+            why = ledger.peek(context.pool, model, context.request, now, budgets=False)
             if why:
                 return why
-            info = st.rate_limit
-        else:
-            info = self._state.model(model.id).rate_limit
+        info = self._state.model(model.id).rate_limit
         if info is not None and info.remaining_requests == 0:
             st = self._state.model(model.id)
             reset = info.reset_requests or 0.0
             if now < st.rate_limit_at + reset:
                 wait = st.rate_limit_at + reset - now
                 return f"upstream reports no requests left for {wait:.1f}s"
-        provider = self._providers.get(model.provider)
-        if provider is not None:
-            pl = provider.limits
-            if pl.rpm or pl.tpm or pl.rpd or pl.tpd:
-                ps = self._state.provider(model.provider)
-                ps.roll_windows(now)
-                why = _over(pl, ps.minute_requests, ps.minute_tokens, ps.day_requests,
-                            ps.day_tokens, tokens)
-                if why:
-                    return f"provider {model.provider!r}: {why}"
         return None
-
-
-def _over(limits: Any, m_req: int, m_tok: int, d_req: int, d_tok: int, tokens: int) -> str | None:
-    if limits.rpd is not None and d_req >= limits.rpd:
-        return f"daily request quota used ({d_req}/{limits.rpd})"
-    if limits.tpd is not None and d_tok + tokens > limits.tpd:
-        return f"daily token quota used ({d_tok}/{limits.tpd})"
-    if limits.rpm is not None and m_req >= limits.rpm:
-        return f"requests-per-minute limit reached ({m_req}/{limits.rpm})"
-    if limits.tpm is not None and m_tok + tokens > limits.tpm:
-        return f"tokens-per-minute limit reached ({m_tok}/{limits.tpm})"
-    return None
 
 
 class BudgetFilter:

@@ -1,4 +1,6 @@
-"""Built-in state storage: in memory, and a local JSON file that survives restarts."""
+"""Built-in state storage: in memory (one process), a local JSON file (one process, survives
+a clean restart), SQLite (the workers of one machine) and Redis (replicas on many machines).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from attrs import frozen
 from ..hookspecs import hookimpl
 from ..state import MemoryStateStore, ProviderState, UsageWindows, model_state_fields
 from ..types import StorageSpec
+from .redis_store import RedisConfig
+from .sqlite_store import SQLiteConfig
 
 __all__ = ["LocalFileStateStore"]
 
@@ -36,7 +40,12 @@ _WINDOW_FIELDS = {a.name for a in attrs.fields(UsageWindows)}
 class LocalFileStateStore(MemoryStateStore):
     """State kept in memory and written to a JSON file on flush (``modelmesh.local-file.v1``).
 
-    Cooldowns, counters, costs, deactivations and budget spend survive a restart.
+    Cooldowns, counters, costs, deactivations and the admission ledger (limits, quotas,
+    budget spend) survive a clean restart. It is for **one process**: state is written only
+    at shutdown, so ``kill -9`` loses what was counted since start, and processes sharing the
+    file do not see each other's counts (each writes through its own temporary file, so the
+    file is never torn, but the last writer wins). For several workers, or to survive a
+    crash, use ``modelmesh.sqlite.v1``; ``modelmesh serve --workers N`` refuses this store.
     """
 
     def __init__(self, config: LocalFileConfig) -> None:
@@ -65,6 +74,9 @@ class LocalFileStateStore(MemoryStateStore):
         for scope, item in data.get("budgets", {}).items():
             self.globals[scope] = UsageWindows(
                 **{k: v for k, v in item.items() if k in _WINDOW_FIELDS})
+        ledger = data.get("ledger")
+        if isinstance(ledger, dict):
+            self.ledger_backend.restore(ledger)
 
     async def flush(self) -> None:
         """Write every state atomically."""
@@ -75,9 +87,10 @@ class LocalFileStateStore(MemoryStateStore):
                           for ps in self.providers()],
             "budgets": {scope: attrs.asdict(w) for scope, w in self.globals.items()
                         if isinstance(w, UsageWindows)},
+            "ledger": self.ledger_backend.dump(),
         }
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_suffix(".tmp")
+        tmp = self._path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data), encoding="utf-8")
         os.replace(tmp, self._path)
 
@@ -92,7 +105,25 @@ def modelmesh_storage() -> list[StorageSpec]:
     return [
         StorageSpec(name="modelmesh.memory.v1", factory=_memory, description="in this process"),
         StorageSpec(name="modelmesh.local-file.v1", factory=LocalFileStateStore,
-                    config_type=LocalFileConfig, description="a JSON file, flushed on shutdown"),
+                    config_type=LocalFileConfig,
+                    description="a JSON file, flushed on shutdown (one process; prefer "
+                                "modelmesh.sqlite.v1)"),
+        StorageSpec(name="modelmesh.sqlite.v1", factory=_sqlite, config_type=SQLiteConfig,
+                    description="a SQLite database shared by the workers of one machine"),
+        StorageSpec(name="modelmesh.redis.v1", factory=_redis, config_type=RedisConfig,
+                    description="Redis, shared by replicas on many machines"),
     ]
+
+
+def _sqlite(config: SQLiteConfig | None) -> Any:
+    from .sqlite_store import SQLiteStateStore
+
+    return SQLiteStateStore(config or SQLiteConfig())
+
+
+def _redis(config: RedisConfig | None) -> Any:
+    from .redis_store import RedisStateStore
+
+    return RedisStateStore(config or RedisConfig())
 
 

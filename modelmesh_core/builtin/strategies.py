@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from attrs import Factory, frozen
 
 from ..config import Duration
 from ..hookspecs import hookimpl
 from ..pipeline import PipelineContext
-from ..types import Model, StrategySpec
+from ..types import Limits, Model, StrategySpec
 
 if TYPE_CHECKING:
     from ..pools import Services
@@ -295,8 +295,7 @@ class CostFirst:
         scores = context.scores
         costs = []
         for m in candidates:
-            p = m.pricing
-            cost = (prompt * p.input + output * p.output) / 1_000_000 + p.per_request
+            cost = m.pricing.cost_of(prompt, output)
             costs.append(cost)
             scores[m.id] = -cost
         return [candidates[i] for i in sorted(range(len(costs)), key=costs.__getitem__)]
@@ -480,6 +479,9 @@ class RateLimitAwareConfig:
     header_ttl: Duration = Duration(60.0)
 
 
+_NO_LIMITS = Limits()
+
+
 def _fraction(remaining: int | None, limit: int | None) -> float:
     if remaining is None or not limit or limit <= 0:
         return 1.0
@@ -502,27 +504,34 @@ class RateLimitAware:
     * upstream headers (``ModelState.rate_limit``): remaining / limit of requests and of
       tokens, each trusted until its reset time passes (``rate_limit_at + reset_*``) or, when
       the header gave no reset, for ``header_ttl`` seconds;
-    * configured ``Model.limits``: rpm, tpm, rpd, tpd against the minute and day counters;
+    * configured limits of the model and its provider: rpm, tpm, rpd, tpd as counted by the
+      admission ledger (without one: the model's own minute and day counters);
     * an active ``retry-after`` makes the headroom 0.
 
     Unknown is 1.0. Ties keep pool order. Score = headroom.
     """
 
-    __slots__ = ("_clock", "_state", "_ttl")
+    __slots__ = ("_clock", "_ledger", "_state", "_ttl")
 
-    def __init__(self, config: RateLimitAwareConfig, state: StateStore, clock: Clock) -> None:
+    def __init__(self, config: RateLimitAwareConfig, state: StateStore, clock: Clock,
+                 ledger: Any = None) -> None:
         self._ttl = config.header_ttl
         self._state = state
         self._clock = clock
+        self._ledger = ledger
 
     def headroom(self, model: Model, now: float) -> float:
         """Remaining fraction (0.0 … 1.0) of ``model``'s tightest known limit."""
         st: ModelState = self._state.model(model.id)
         if st.retry_after_until > now:
             return 0.0
-        st.roll_windows(now)
         h = 1.0
         lim = model.limits
+        if self._ledger is not None:
+            h = self._ledger.headroom(model, now)
+            lim = _NO_LIMITS
+        else:
+            st.roll_windows(now)
         if lim.rpm is not None:
             h = min(h, _used_fraction(lim.rpm, st.minute_requests))
         if lim.tpm is not None:
@@ -648,7 +657,8 @@ def _session_stickiness(
 
 
 def _rate_limit_aware(config: RateLimitAwareConfig | None, services: Services) -> RateLimitAware:
-    return RateLimitAware(config or RateLimitAwareConfig(), services.state, services.clock)
+    return RateLimitAware(config or RateLimitAwareConfig(), services.state, services.clock,
+                          services.ledger)
 
 
 def _load_balanced(config: LoadBalancedConfig | None, services: Services) -> LoadBalanced:

@@ -175,7 +175,7 @@ class StatusPage:
                                          if ps.cooldown_until > now else None),
                 "cost_today": _today(ps, day), "headroom": _headroom(limits), "limits": limits,
             })
-        windows = getattr(state, "globals", {})
+        spent = mesh.ledger.spent(now)  # the admission ledger keeps budget spend
         budgets: list[dict[str, Any]] = []
         configured: list[tuple[str, BudgetConfig | None]] = [("global", cfg.budget)]
         configured += [(f"provider:{n}", p.budget) for n, p in cfg.providers.items()]
@@ -183,9 +183,11 @@ class StatusPage:
         for scope, budget in configured:
             if budget is None:
                 continue
-            w = windows.get(scope)
-            budgets.append(_budget(scope, budget, w if isinstance(w, UsageWindows) else None,
-                                   day, month))
+            got = spent.get(scope, {})
+            budgets.append({
+                "scope": scope, "enforce": budget.enforce, "daily": budget.daily,
+                "monthly": budget.monthly, "spent_today": got.get("day", 0.0),
+                "spent_month": got.get("month", 0.0)})
         for key in self.server.keys.values():
             if key.budget is not None:
                 budgets.append({
@@ -268,16 +270,6 @@ def _header_limits(out: list[dict[str, Any]], info: RateLimitInfo | None, at: fl
 def _headroom(limits: list[dict[str, Any]]) -> float | None:
     """The tightest remaining fraction, None when no limit is known."""
     return min((entry["fraction"] for entry in limits), default=None)
-
-
-def _budget(scope: str, budget: BudgetConfig, w: UsageWindows | None, day: int,
-            month: int) -> dict[str, Any]:
-    return {
-        "scope": scope, "enforce": budget.enforce, "daily": budget.daily,
-        "monthly": budget.monthly,
-        "spent_today": round(w.day_cost, 8) if w is not None and w.day_key == day else 0.0,
-        "spent_month": round(w.month_cost, 8) if w is not None and w.month_key == month else 0.0,
-    }
 
 
 STATUS_PAGE: web.AppKey[StatusPage] = web.AppKey("modelmesh_status_page", StatusPage)
