@@ -1,6 +1,7 @@
 """A small HTTP base for provider adapters of vendors with plain JSON (or bytes) APIs.
 
-:class:`VendorHTTP` does what every such adapter needs and nothing vendor-specific: it sends
+:class:`VendorHTTP` (built on :class:`~modelmesh_core.http.HTTPAdapter`, the HTTP adapter
+toolkit) does what every such adapter needs and nothing vendor-specific: it sends
 through the mesh's shared session with explicit timeouts (``connect`` on the socket,
 ``first_byte`` for the headers, ``idle`` for each body read, ``total`` for the call), reads
 JSON or bytes, and turns every failure into the ModelMesh error tree — statuses (401/403 →
@@ -17,35 +18,19 @@ Used by the ``modelmesh-elevenlabs``, ``modelmesh-assemblyai``, ``modelmesh-jina
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Mapping
-from email.utils import parsedate_to_datetime
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
 from .errors import AuthenticationError, ProviderError, ProviderTimeoutError, RateLimitError
+from .http import HTTPAdapter, bound, call_window
+from .http import parse_retry_after as retry_after_seconds
 from .redaction import redact, register_secret
 from .types import ProviderContext, Timeouts
 
 __all__ = ["Deadline", "VendorHTTP", "retry_after_seconds"]
-
-_CHUNK = 64 * 1024
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """The ``Retry-After`` header in seconds (a number or an HTTP date), else None."""
-    value = headers.get("retry-after") or headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        try:
-            return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
-        except (TypeError, ValueError, IndexError):
-            return None
 
 
 class Deadline:
@@ -58,19 +43,14 @@ class Deadline:
     def __init__(self, timeouts: Timeouts) -> None:
         self.loop = asyncio.get_running_loop()
         self.timeouts = timeouts
-        self.end = self.loop.time() + timeouts.total if timeouts.total is not None else None
+        self.end = call_window(timeouts)[1]
 
     def bound(self, span: float | None) -> tuple[float | None, bool]:
         """``(when, is_total)``."""
-        if span is None:
-            return self.end, True
-        when = self.loop.time() + span
-        if self.end is not None and self.end <= when:
-            return self.end, True
-        return when, False
+        return bound(self.loop.time(), span, self.end)
 
 
-class VendorHTTP:
+class VendorHTTP(HTTPAdapter):
     """The transport of a vendor adapter (see the module docstring).
 
     Args:
@@ -87,19 +67,15 @@ class VendorHTTP:
         for secret in secrets:
             if secret:
                 register_secret(secret)
-        self.name = context.name
-        self.base_url = base_url.rstrip("/")
+        super().__init__(context, base_url=base_url.rstrip("/"), api=f"the {vendor} API")
         self.vendor = vendor
-        self._session = context.session
-        self.dumps: Callable[[Any], bytes] = context.json_dumps
-        self.loads: Callable[[bytes | str], Any] = context.json_loads
+        self.dumps = self._dumps
+        self.loads = self._loads
         self._headers = {"Accept": "application/json", **headers}
         self._json_headers = {**self._headers, "Content-Type": "application/json"}
-        self._timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, base_url={self.base_url!r})"
-
     # ------------------------------------------------------------------ errors
 
     def error_message(self, payload: Any, raw: bytes) -> str:
@@ -140,12 +116,6 @@ class VendorHTTP:
                              retry_after=retry_after_seconds(headers) if retryable else None,
                              **common)
 
-    def bad_payload(self, problem: str, model_id: str | None) -> ProviderError:
-        """A 2xx answer that is not what the API documents (retryable)."""
-        return ProviderError(f"{problem}; the upstream at {self.base_url} does not look like "
-                             f"the {self.vendor} API (check base_url)", provider_id=self.name,
-                             model_id=model_id, status=200, retryable=True)
-
     def timeout_error(self, phase: str, model_id: str | None,
                       timeouts: Timeouts) -> ProviderTimeoutError:
         """The call overran its ``phase`` timeout."""
@@ -154,20 +124,14 @@ class VendorHTTP:
             f"{getattr(timeouts, phase)}s", phase=phase, provider_id=self.name,
             model_id=model_id)
 
-    def transport_error(self, exc: BaseException, model_id: str | None) -> ProviderError:
+    def transport_error(self, exc: BaseException, model_id: str | None, *,
+                        interrupted: bool = False) -> ProviderError:
         """A connection or body failure (retryable)."""
         return ProviderError(f"{type(exc).__name__}: {redact(str(exc)) or 'no detail'} "
                              f"(base URL {self.base_url})", provider_id=self.name,
                              model_id=model_id, retryable=True)
 
     # ------------------------------------------------------------------ calls
-
-    def _client_timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
-        cached = self._timeouts.get(timeouts)
-        if cached is None:
-            cached = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect)
-            self._timeouts[timeouts] = cached
-        return cached
 
     async def send(self, method: str, url: URL | str, *, model_id: str | None,
                    timeouts: Timeouts, deadline: Deadline, json: Any = None,
@@ -179,19 +143,8 @@ class VendorHTTP:
             sent = self._json_headers if headers is None else {**self._json_headers, **headers}
         else:
             sent = self._headers if headers is None else {**self._headers, **headers}
-        when, is_total = deadline.bound(timeouts.first_byte)
-        try:
-            async with asyncio.timeout_at(when) as cm:
-                resp = await self._session().request(
-                    method, url, data=data, headers=sent, params=params,
-                    timeout=self._client_timeout(timeouts), raise_for_status=False)
-        except TimeoutError as exc:
-            if not cm.expired() and isinstance(exc, aiohttp.ServerTimeoutError):
-                raise self.timeout_error("connect", model_id, timeouts) from None
-            raise self.timeout_error("total" if is_total else "first_byte", model_id,
-                                     timeouts) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise self.transport_error(exc, model_id) from None
+        resp = await self.request(method, url, data, sent, timeouts, model_id,
+                                  deadline.loop.time(), deadline.end, params)
         if resp.status >= 400:
             raw = b""
             try:
@@ -206,26 +159,7 @@ class VendorHTTP:
                          timeouts: Timeouts, deadline: Deadline) -> bytes:
         """The whole body, each read bounded by ``idle`` and the total deadline; a cut body
         raises (retryable), never returns short."""
-        parts: list[bytes] = []
-        try:
-            while True:
-                when, is_total = deadline.bound(timeouts.idle)
-                try:
-                    async with asyncio.timeout_at(when):
-                        chunk = await resp.content.read(_CHUNK)
-                except TimeoutError:
-                    resp.close()
-                    raise self.timeout_error("total" if is_total else "idle", model_id,
-                                             timeouts) from None
-                except (aiohttp.ClientError, OSError) as exc:
-                    resp.close()
-                    raise self.transport_error(exc, model_id) from None
-                if not chunk:
-                    break
-                parts.append(chunk)
-        finally:
-            resp.release()
-        return b"".join(parts)
+        return await self.read_chunked(resp, timeouts, model_id, deadline.end)
 
     async def read_json(self, resp: aiohttp.ClientResponse, *, model_id: str | None,
                         timeouts: Timeouts, deadline: Deadline) -> Any:
