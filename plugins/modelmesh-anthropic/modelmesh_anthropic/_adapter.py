@@ -25,12 +25,9 @@ import aiohttp
 from loguru import logger
 from yarl import URL
 
-from modelmesh_core.deadlines import ReadDeadline, ReadTimeout
-from modelmesh_core.errors import (
-    ProviderError,
-    ProviderTimeoutError,
-    StreamInterruptedError,
-)
+from modelmesh_core.deadlines import ReadDeadline
+from modelmesh_core.errors import ProviderError, StreamInterruptedError
+from modelmesh_core.http import STREAM_READ_ERRORS, HTTPAdapter, end_stream
 from modelmesh_core.redaction import redact, register_secret
 from modelmesh_core.types import (
     CompletionRequest,
@@ -63,17 +60,7 @@ logger.disable("modelmesh_anthropic")
 _NO_CALLS: tuple[ToolCall, ...] = ()
 
 
-def _bound(now: float, span: float | None, deadline: float | None) -> tuple[float | None, bool]:
-    """The earlier of ``now + span`` and ``deadline``; True when ``deadline`` is the binding one."""
-    if span is None:
-        return deadline, True
-    when = now + span
-    if deadline is not None and deadline <= when:
-        return deadline, True
-    return when, False
-
-
-class AnthropicAdapter(BatchesMixin):
+class AnthropicAdapter(BatchesMixin, HTTPAdapter):
     """``ProviderAdapter`` for Anthropic's Messages, Models and Message Batches APIs.
 
     Built by the connector's factory as ``AnthropicAdapter(context, config)``; it holds no
@@ -83,11 +70,8 @@ class AnthropicAdapter(BatchesMixin):
     def __init__(self, context: ProviderContext, config: AnthropicConfig | None) -> None:
         config = config if config is not None else AnthropicConfig()
         self.config = config
-        self.name = context.name
-        self._session = context.session
-        self._dumps = context.json_dumps
-        self._loads = context.json_loads
-        self.base_url = config.resolve_base_url()
+        super().__init__(context, base_url=config.resolve_base_url(),
+                         api="Anthropic's Messages API")
         key = config.resolve_key()
         if key:
             register_secret(key)
@@ -106,21 +90,11 @@ class AnthropicAdapter(BatchesMixin):
         self._messages_url = URL(f"{self.base_url}/v1/messages")
         self._models_url = URL(f"{self.base_url}/v1/models")
         self._batches_url = URL(f"{self.base_url}/v1/messages/batches")
-        self._client_timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
 
     def __repr__(self) -> str:
         return f"AnthropicAdapter({self.name!r}, base_url={self.base_url!r})"
 
     # ------------------------------------------------------------------ pieces
-
-    def _client_timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
-        cached = self._client_timeouts.get(timeouts)
-        if cached is None:
-            cached = aiohttp.ClientTimeout(
-                total=None, connect=None, sock_connect=timeouts.connect, sock_read=None
-            )
-            self._client_timeouts[timeouts] = cached
-        return cached
 
     def _body(
         self, model: Model, request: CompletionRequest, stream: bool
@@ -142,45 +116,6 @@ class AnthropicAdapter(BatchesMixin):
                 status=400,
                 retryable=False,
             ) from None
-
-    def _timeout_error(self, phase: str, model_id: str | None, timeouts: Timeouts) -> ProviderError:
-        limit = getattr(timeouts, phase)
-        what = {
-            "connect": "could not connect",
-            "first_byte": "no response (headers or first stream event)",
-            "idle": "the response stalled (no data)",
-            "total": "the call did not finish",
-        }[phase]
-        return ProviderTimeoutError(
-            f"{what} within the {phase} timeout of {limit}s; raise timeouts.{phase} for this "
-            "provider or let the router fail over",
-            phase=phase,
-            provider_id=self.name,
-            model_id=model_id,
-        )
-
-    def _transport_error(
-        self, exc: BaseException, model_id: str | None, *, interrupted: bool = False
-    ) -> ProviderError:
-        kind = StreamInterruptedError if interrupted else ProviderError
-        detail = redact(str(exc)) or type(exc).__name__
-        return kind(
-            f"{'stream interrupted: ' if interrupted else ''}{type(exc).__name__}: {detail} "
-            f"(base URL {self.base_url}); check that the upstream is reachable",
-            provider_id=self.name,
-            model_id=model_id,
-            retryable=True,
-        )
-
-    def _bad_payload(self, problem: str, model_id: str | None) -> ProviderError:
-        return ProviderError(
-            f"{problem}; the upstream at {self.base_url} does not look like Anthropic's "
-            "Messages API (check base_url)",
-            provider_id=self.name,
-            model_id=model_id,
-            status=200,
-            retryable=True,
-        )
 
     def error_from(
         self,
@@ -216,80 +151,14 @@ class AnthropicAdapter(BatchesMixin):
         prefill: bool = False,
     ) -> aiohttp.ClientResponse:
         """Send; return a response with status < 400 (its headers received)."""
-        when, is_total = _bound(start, timeouts.first_byte, deadline)
-        try:
-            async with asyncio.timeout_at(when) as cm:
-                resp = await self._session().request(
-                    method,
-                    url,
-                    data=data,
-                    headers=self._stream_headers if stream else self._headers,
-                    timeout=self._client_timeout(timeouts),
-                    raise_for_status=False,
-                )
-        except TimeoutError as exc:
-            if not cm.expired() and isinstance(exc, aiohttp.ServerTimeoutError):
-                raise self._timeout_error("connect", model_id, timeouts) from None
-            phase = "total" if is_total else "first_byte"
-            raise self._timeout_error(phase, model_id, timeouts) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise self._transport_error(exc, model_id) from None
+        resp = await self.request(method, url, data,
+                                  self._stream_headers if stream else self._headers,
+                                  timeouts, model_id, start, deadline)
         if resp.status < 400:
             return resp
-        raw = b""
-        loop = asyncio.get_running_loop()
-        when, _ = _bound(loop.time(), timeouts.idle, deadline)
-        try:
-            async with asyncio.timeout_at(when):
-                raw = await resp.read()
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            resp.close()
-        finally:
-            resp.release()
+        raw = await self.error_body(resp, timeouts, deadline)
         logger.opt(lazy=True).debug("{} answered HTTP {}", lambda: self.name, lambda: resp.status)
         raise self.error_from(resp.status, raw, resp.headers, model_id, prefill)
-
-    async def _read_json(
-        self,
-        resp: aiohttp.ClientResponse,
-        timeouts: Timeouts,
-        model_id: str | None,
-        deadline: float | None,
-    ) -> Any:
-        """Read and decode a JSON body (bounded by idle / total); releases the response."""
-        raw = await self._read_raw(resp, timeouts, model_id, deadline)
-        ctype = resp.headers.get("Content-Type", "")
-        if "json" not in ctype:
-            raise self._bad_payload(
-                f"expected a JSON answer, got content type {ctype or 'none'!r}", model_id
-            )
-        try:
-            return self._loads(raw)
-        except ValueError:
-            raise self._bad_payload(
-                f"the answer is not valid JSON ({len(raw)} bytes)", model_id
-            ) from None
-
-    async def _read_raw(
-        self,
-        resp: aiohttp.ClientResponse,
-        timeouts: Timeouts,
-        model_id: str | None,
-        deadline: float | None,
-    ) -> bytes:
-        loop = asyncio.get_running_loop()
-        when, is_total = _bound(loop.time(), timeouts.idle, deadline)
-        try:
-            async with asyncio.timeout_at(when):
-                return await resp.read()
-        except TimeoutError:
-            resp.close()
-            raise self._timeout_error("total" if is_total else "idle", model_id, timeouts) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            resp.close()
-            raise self._transport_error(exc, model_id) from None
-        finally:
-            resp.release()
 
     # ------------------------------------------------------------------ ProviderAdapter
 
@@ -312,13 +181,13 @@ class AnthropicAdapter(BatchesMixin):
             deadline,
             prefill=prefill is not None,
         )
-        payload = await self._read_json(resp, timeouts, model.id, deadline)
+        payload = await self.json_body(resp, timeouts, model.id, deadline)
         try:
             text, calls, finish = parse_message(payload, self._dumps)
         except (KeyError, TypeError, AttributeError):
             if isinstance(payload, dict) and payload.get("type") == "error":
                 raise self.error_from(None, payload, resp.headers, model.id) from None
-            raise self._bad_payload("the answer is not a message object", model.id) from None
+            raise self.bad_payload("the answer is not a message object", model.id) from None
         if prefill is not None:
             text = prefill.take(text)
         rate = parse_rate_limit(resp.headers)
@@ -364,8 +233,8 @@ class AnthropicAdapter(BatchesMixin):
         )
         ctype = resp.headers.get("Content-Type", "")
         if "text/event-stream" not in ctype:
-            raw = await self._read_raw(resp, timeouts, model_id, deadline)
-            raise self._bad_payload(
+            raw = await self.read_raw(resp, timeouts, model_id, deadline)
+            raise self.bad_payload(
                 f"expected an event stream, got content type {ctype or 'none'!r} "
                 f"({len(raw)} bytes)",
                 model_id,
@@ -384,10 +253,8 @@ class AnthropicAdapter(BatchesMixin):
                 watch.reading()
                 try:
                     line = await readline()
-                except ReadTimeout as timeout:
-                    raise self._timeout_error(timeout.phase, model_id, timeouts) from None
-                except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
-                    raise self._transport_error(exc, model_id, interrupted=True) from None
+                except STREAM_READ_ERRORS as exc:
+                    raise self.stream_failure(exc, model_id, timeouts) from None
                 watch.read()
                 if not line:
                     if state.stop_reason is not None and state.usage_seen and not pending:
@@ -426,7 +293,7 @@ class AnthropicAdapter(BatchesMixin):
                         retryable=True,
                     ) from None
                 if not isinstance(obj, dict):
-                    raise self._bad_payload("a stream event is not a JSON object", model_id)
+                    raise self.bad_payload("a stream event is not a JSON object", model_id)
                 kind = obj.get("type")
                 if kind == "message_stop":
                     finished = True
@@ -438,16 +305,7 @@ class AnthropicAdapter(BatchesMixin):
                     yield chunk
         finally:
             watch.close()
-            if finished and not content.at_eof():
-                try:
-                    async with asyncio.timeout(0.05):
-                        await content.read()
-                except (TimeoutError, aiohttp.ClientError, OSError):
-                    resp.close()
-            if finished:
-                resp.release()
-            else:
-                resp.close()
+            await end_stream(resp, finished)
 
     async def embed(
         self, model: Model, request: EmbeddingRequest, timeouts: Timeouts
@@ -470,13 +328,13 @@ class AnthropicAdapter(BatchesMixin):
         url = self._models_url.with_query(limit=1000)
         while True:
             resp = await self._send("GET", url, None, timeouts, None, start, deadline)
-            payload = await self._read_json(resp, timeouts, None, deadline)
+            payload = await self.json_body(resp, timeouts, None, deadline)
             try:
                 names.extend(str(item["id"]) for item in payload["data"])
                 more = bool(payload.get("has_more"))
                 last = payload.get("last_id")
             except (KeyError, TypeError):
-                raise self._bad_payload("the model list has no data[].id", None) from None
+                raise self.bad_payload("the model list has no data[].id", None) from None
             if not more or not last:
                 return names
             url = self._models_url.with_query(limit=1000, after_id=str(last))
@@ -623,7 +481,7 @@ class _StreamState:
                     chunk.metadata["stop_sequence"] = sequence
                 return chunk
         except (KeyError, TypeError, AttributeError):
-            raise self.adapter._bad_payload(
+            raise self.adapter.bad_payload(
                 f"a {kind!r} stream event lacks the fields Anthropic documents", self.model_id
             ) from None
         return None  # ping, content_block_stop, unknown future events

@@ -17,12 +17,12 @@ asked, ``failed`` when no request succeeded).
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from modelmesh_core.errors import BatchRequestNotRunError, ProviderError
+from modelmesh_core.http import HTTPAdapter, call_window
 from modelmesh_core.types import BatchJob, CompletionRequest, CompletionResponse, Model, Timeouts
 
 from ._translate import parse_message, usage_from
@@ -41,14 +41,11 @@ def custom_id(index: int) -> str:
     return f"req-{index}"
 
 
-class BatchesMixin:
+class BatchesMixin(HTTPAdapter):
     """Message Batches methods of :class:`~modelmesh_anthropic.AnthropicAdapter`."""
 
     if TYPE_CHECKING:
-        name: str
         _batches_url: URL
-        _dumps: Callable[[Any], bytes]
-        _loads: Callable[[bytes | str], Any]
 
         def _body(
             self, model: Model, request: CompletionRequest, stream: bool
@@ -67,24 +64,6 @@ class BatchesMixin:
             prefill: bool = False,
         ) -> aiohttp.ClientResponse: ...
 
-        async def _read_json(
-            self,
-            resp: aiohttp.ClientResponse,
-            timeouts: Timeouts,
-            model_id: str | None,
-            deadline: float | None,
-        ) -> Any: ...
-
-        async def _read_raw(
-            self,
-            resp: aiohttp.ClientResponse,
-            timeouts: Timeouts,
-            model_id: str | None,
-            deadline: float | None,
-        ) -> bytes: ...
-
-        def _bad_payload(self, problem: str, model_id: str | None) -> ProviderError: ...
-
         def error_from(
             self,
             status: int | None,
@@ -93,10 +72,6 @@ class BatchesMixin:
             model_id: str | None,
             prefill: bool = False,
         ) -> ProviderError: ...
-
-    def _window(self, timeouts: Timeouts) -> tuple[float, float | None]:
-        start = asyncio.get_running_loop().time()
-        return start, (start + timeouts.total if timeouts.total is not None else None)
 
     def _job(self, payload: Any, model_id: str = "") -> BatchJob:
         try:
@@ -107,7 +82,7 @@ class BatchesMixin:
             failed = sum(int(counts.get(k, 0)) for k in ("errored", "canceled", "expired"))
             total = succeeded + failed + int(counts.get("processing", 0))
         except (KeyError, TypeError, AttributeError, ValueError):
-            raise self._bad_payload("the answer is not a message_batch object", None) from None
+            raise self.bad_payload("the answer is not a message_batch object", None) from None
         if status == "ended":
             if payload.get("cancel_initiated_at"):
                 status = "cancelled"
@@ -135,7 +110,7 @@ class BatchesMixin:
         for index, request in enumerate(requests):
             params, _ = self._body(model, request, stream=False)
             items.append({"custom_id": custom_id(index), "params": params})
-        start, deadline = self._window(timeouts)
+        start, deadline = call_window(timeouts)
         resp = await self._send(
             "POST",
             self._batches_url,
@@ -145,25 +120,25 @@ class BatchesMixin:
             start,
             deadline,
         )
-        job = self._job(await self._read_json(resp, timeouts, model.id, deadline), model.id)
+        job = self._job(await self.json_body(resp, timeouts, model.id, deadline), model.id)
         job.request_count = len(items)
         return job
 
     async def get_batch(self, job_id: str, timeouts: Timeouts) -> BatchJob:
         """Status and counts of a batch (``GET /v1/messages/batches/{id}``)."""
-        start, deadline = self._window(timeouts)
+        start, deadline = call_window(timeouts)
         resp = await self._send(
             "GET", self._batches_url / job_id, None, timeouts, None, start, deadline
         )
-        return self._job(await self._read_json(resp, timeouts, None, deadline))
+        return self._job(await self.json_body(resp, timeouts, None, deadline))
 
     async def cancel_batch(self, job_id: str, timeouts: Timeouts) -> BatchJob:
         """Ask for a batch to be cancelled (``POST /v1/messages/batches/{id}/cancel``)."""
-        start, deadline = self._window(timeouts)
+        start, deadline = call_window(timeouts)
         resp = await self._send(
             "POST", self._batches_url / job_id / "cancel", None, timeouts, None, start, deadline
         )
-        return self._job(await self._read_json(resp, timeouts, None, deadline))
+        return self._job(await self.json_body(resp, timeouts, None, deadline))
 
     async def batch_results(
         self, job_id: str, timeouts: Timeouts, *, model: Model
@@ -174,12 +149,12 @@ class BatchesMixin:
         (typed from its error body), ``canceled`` or ``expired`` request; None for an index
         the results did not mention.
         """
-        start, deadline = self._window(timeouts)
+        start, deadline = call_window(timeouts)
         resp = await self._send(
             "GET", self._batches_url / job_id / "results", None, timeouts, model.id, start,
             deadline,
         )
-        raw = await self._read_raw(resp, timeouts, model.id, deadline)
+        raw = await self.read_raw(resp, timeouts, model.id, deadline)
         results: dict[int, CompletionResponse | ProviderError] = {}
         for line in raw.splitlines():
             if not line.strip():
@@ -191,7 +166,7 @@ class BatchesMixin:
                 result = item["result"]
                 kind = result["type"]
             except (ValueError, KeyError, TypeError, AttributeError, IndexError):
-                raise self._bad_payload("a batch result line is not a result object", model.id) \
+                raise self.bad_payload("a batch result line is not a result object", model.id) \
                     from None
             results[index] = self._result(kind, result, model)
         size = max(results, default=-1) + 1
@@ -205,7 +180,7 @@ class BatchesMixin:
             try:
                 text, calls, finish = parse_message(message, self._dumps)
             except (KeyError, TypeError, AttributeError):
-                return self._bad_payload("a succeeded batch result holds no message", model.id)
+                return self.bad_payload("a succeeded batch result holds no message", model.id)
             assert isinstance(message, Mapping)
             return CompletionResponse(
                 content=text,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from typing import Any
 
@@ -23,6 +22,8 @@ from modelmesh_core.errors import (
     ProviderError,
     RateLimitError,
 )
+from modelmesh_core.http import header_int, parse_retry_after
+from modelmesh_core.http import kept_headers as keep
 from modelmesh_core.redaction import redact
 from modelmesh_core.types import RateLimitInfo
 
@@ -72,30 +73,6 @@ def _until(value: str | None) -> float | None:
     return None if when is None else max(when - time.time(), 0.0)
 
 
-def _int(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return None
-
-
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """The wait asked for by ``retry-after`` (seconds or an HTTP date), else None."""
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        return max(when.timestamp() - time.time(), 0.0)
-
-
 def parse_rate_limit(headers: Mapping[str, str]) -> RateLimitInfo | None:
     """``anthropic-ratelimit-*`` and ``retry-after`` as a ``RateLimitInfo`` (None if absent).
 
@@ -120,11 +97,11 @@ def parse_rate_limit(headers: Mapping[str, str]) -> RateLimitInfo | None:
     ):
         return None
     return RateLimitInfo(
-        limit_requests=_int(limit_requests),
-        remaining_requests=_int(remaining_requests),
+        limit_requests=header_int(limit_requests),
+        remaining_requests=header_int(remaining_requests),
         reset_requests=_until(get(_PREFIX + "requests-reset")),
-        limit_tokens=_int(limit_tokens),
-        remaining_tokens=_int(remaining_tokens),
+        limit_tokens=header_int(limit_tokens),
+        remaining_tokens=header_int(remaining_tokens),
         reset_tokens=_until(get(f"{_PREFIX}{kind}-reset")),
         retry_after=parse_retry_after(headers) if retry is not None else None,
     )
@@ -132,12 +109,7 @@ def parse_rate_limit(headers: Mapping[str, str]) -> RateLimitInfo | None:
 
 def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The rate-limit headers worth keeping on a ``ProviderError`` (lower-case names)."""
-    kept = {}
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower.startswith(_PREFIX) or lower == "retry-after":
-            kept[lower] = value
-    return kept
+    return keep(headers, ("retry-after",), (_PREFIX,))
 
 
 # --------------------------------------------------------------------------- bodies
