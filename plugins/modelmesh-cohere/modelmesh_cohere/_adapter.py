@@ -21,22 +21,27 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 from loguru import logger
 from yarl import URL
 
-from modelmesh_core.deadlines import ReadDeadline, ReadTimeout
+from modelmesh_core.deadlines import ReadDeadline
 from modelmesh_core.errors import (
     AuthenticationError,
     ContentFilterError,
     ContextLengthError,
     ProviderError,
-    ProviderTimeoutError,
     RateLimitError,
     StreamInterruptedError,
+)
+from modelmesh_core.http import (
+    STREAM_READ_ERRORS,
+    HTTPAdapter,
+    end_stream,
+    header_int,
+    parse_retry_after,
 )
 from modelmesh_core.redaction import redact, register_secret
 from modelmesh_core.types import (
@@ -77,30 +82,6 @@ _KEPT_HEADERS = (
 _CONTEXT_PHRASES = ("too many tokens", "context length", "context window", "maximum context")
 
 
-def _int(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(float(value))
-    except ValueError:
-        return None
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(when.timestamp() - time.time(), 0.0)
-
-
 def parse_rate_limit(headers: Mapping[str, str]) -> RateLimitInfo | None:
     """Cohere's trial-key call counters (``x-trial-endpoint-call-*``, per minute) and
     ``retry-after`` as a ``RateLimitInfo``; None when the answer carries none of them."""
@@ -110,9 +91,9 @@ def parse_rate_limit(headers: Mapping[str, str]) -> RateLimitInfo | None:
     if limit is None and remaining is None and retry is None:
         return None
     return RateLimitInfo(
-        limit_requests=_int(limit),
-        remaining_requests=_int(remaining),
-        retry_after=_retry_after(headers) if retry is not None else None,
+        limit_requests=header_int(limit),
+        remaining_requests=header_int(remaining),
+        retry_after=parse_retry_after(headers) if retry is not None else None,
     )
 
 
@@ -120,17 +101,7 @@ def _kept(headers: Mapping[str, str]) -> dict[str, str]:
     return {name: headers[name] for name in _KEPT_HEADERS if name in headers}
 
 
-def _bound(now: float, span: float | None, deadline: float | None) -> tuple[float | None, bool]:
-    """The earlier of ``now + span`` and ``deadline``; True when ``deadline`` is the binding one."""
-    if span is None:
-        return deadline, True
-    when = now + span
-    if deadline is not None and deadline <= when:
-        return deadline, True
-    return when, False
-
-
-class CohereAdapter:
+class CohereAdapter(HTTPAdapter):
     """``ProviderAdapter`` for Cohere's v2 API, plus :meth:`rerank`.
 
     Built by the connector's factory as ``CohereAdapter(context, config)``; it holds no session
@@ -140,11 +111,7 @@ class CohereAdapter:
     def __init__(self, context: ProviderContext, config: CohereConfig | None) -> None:
         config = config if config is not None else CohereConfig()
         self.config = config
-        self.name = context.name
-        self._session = context.session
-        self._dumps = context.json_dumps
-        self._loads = context.json_loads
-        self.base_url = config.resolve_base_url()
+        super().__init__(context, base_url=config.resolve_base_url(), api="Cohere's v2 API")
         key = config.resolve_key()
         if key:
             register_secret(key)
@@ -160,50 +127,11 @@ class CohereAdapter:
         self._embed_url = URL(f"{self.base_url}/v2/embed")
         self._rerank_url = URL(f"{self.base_url}/v2/rerank")
         self._models_url = URL(f"{self.base_url}/v1/models").with_query(page_size=1000)
-        self._client_timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
 
     def __repr__(self) -> str:
         return f"CohereAdapter({self.name!r})"
 
     # ------------------------------------------------------------------ errors
-
-    def _timeout_error(self, phase: str, model_id: str | None, timeouts: Timeouts) -> ProviderError:
-        what = {
-            "connect": "could not connect",
-            "first_byte": "no response (headers or first stream event)",
-            "idle": "the response stalled (no data)",
-            "total": "the call did not finish",
-        }[phase]
-        return ProviderTimeoutError(
-            f"{what} within the {phase} timeout of {getattr(timeouts, phase)}s; raise "
-            f"timeouts.{phase} for this provider or let the router fail over",
-            phase=phase,
-            provider_id=self.name,
-            model_id=model_id,
-        )
-
-    def _transport_error(
-        self, exc: BaseException, model_id: str | None, *, interrupted: bool = False
-    ) -> ProviderError:
-        kind = StreamInterruptedError if interrupted else ProviderError
-        detail = redact(str(exc)) or type(exc).__name__
-        return kind(
-            f"{'stream interrupted: ' if interrupted else ''}{type(exc).__name__}: {detail} "
-            f"(base URL {self.base_url}); check that the upstream is reachable",
-            provider_id=self.name,
-            model_id=model_id,
-            retryable=True,
-        )
-
-    def _bad_payload(self, problem: str, model_id: str | None) -> ProviderError:
-        return ProviderError(
-            f"{problem}; the upstream at {self.base_url} does not look like Cohere's v2 API "
-            "(check base_url)",
-            provider_id=self.name,
-            model_id=model_id,
-            status=200,
-            retryable=True,
-        )
 
     def _caller_error(self, exc: CallerError, model_id: str) -> ProviderError:
         return ProviderError(
@@ -253,13 +181,14 @@ class CohereAdapter:
             # Payment required: the account cannot be billed; nothing recovers it soon.
             return RateLimitError(
                 f"{text}; the Cohere account needs a payment method or a higher limit",
-                retry_after=_retry_after(kept),
+                retry_after=parse_retry_after(kept),
                 quota=True,
                 **common,
             )
         if status == 429:
             monthly = "per month" in lowered or "monthly" in lowered
-            return RateLimitError(text, retry_after=_retry_after(kept), quota=monthly, **common)
+            return RateLimitError(text, retry_after=parse_retry_after(kept), quota=monthly,
+                                  **common)
         if status == 498:
             return ContentFilterError(
                 f"{text} (the request or the answer contains a blocked token)",
@@ -311,15 +240,6 @@ class CohereAdapter:
 
     # ------------------------------------------------------------------ transport
 
-    def _client_timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
-        cached = self._client_timeouts.get(timeouts)
-        if cached is None:
-            cached = aiohttp.ClientTimeout(
-                total=None, connect=None, sock_connect=timeouts.connect, sock_read=None
-            )
-            self._client_timeouts[timeouts] = cached
-        return cached
-
     async def _send(
         self,
         method: str,
@@ -333,36 +253,12 @@ class CohereAdapter:
         prefill: bool = False,
     ) -> aiohttp.ClientResponse:
         """Send one request; return the response when its status is below 400."""
-        when, is_total = _bound(start, timeouts.first_byte, deadline)
-        try:
-            async with asyncio.timeout_at(when) as cm:
-                resp = await self._session().request(
-                    method,
-                    url,
-                    data=data,
-                    headers=self._stream_headers if stream else self._headers,
-                    timeout=self._client_timeout(timeouts),
-                    raise_for_status=False,
-                )
-        except TimeoutError as exc:
-            if not cm.expired() and isinstance(exc, aiohttp.ServerTimeoutError):
-                raise self._timeout_error("connect", model_id, timeouts) from None
-            phase = "total" if is_total else "first_byte"
-            raise self._timeout_error(phase, model_id, timeouts) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise self._transport_error(exc, model_id) from None
+        resp = await self.request(method, url, data,
+                                  self._stream_headers if stream else self._headers,
+                                  timeouts, model_id, start, deadline)
         if resp.status < 400:
             return resp
-        loop = asyncio.get_running_loop()
-        read_until, _ = _bound(loop.time(), timeouts.idle, deadline)
-        raw = b""
-        try:
-            async with asyncio.timeout_at(read_until):
-                raw = await resp.read()
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            resp.close()
-        finally:
-            resp.release()
+        raw = await self.error_body(resp, timeouts, deadline)
         logger.opt(lazy=True).debug("{} answered HTTP {}", lambda: self.name, lambda: resp.status)
         raise self.error_from(resp.status, raw, resp.headers, model_id, prefill=prefill)
 
@@ -373,33 +269,10 @@ class CohereAdapter:
         model_id: str | None,
         deadline: float | None,
     ) -> Any:
-        """Read and decode a JSON body (bounded by idle / total); releases the response."""
-        loop = asyncio.get_running_loop()
-        when, is_total = _bound(loop.time(), timeouts.idle, deadline)
-        try:
-            async with asyncio.timeout_at(when):
-                raw = await resp.read()
-        except TimeoutError:
-            resp.close()
-            raise self._timeout_error("total" if is_total else "idle", model_id, timeouts) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            resp.close()
-            raise self._transport_error(exc, model_id) from None
-        finally:
-            resp.release()
-        ctype = resp.headers.get("Content-Type", "")
-        if "json" not in ctype:
-            raise self._bad_payload(
-                f"expected a JSON answer, got content type {ctype or 'none'!r}", model_id
-            )
-        try:
-            payload = self._loads(raw)
-        except ValueError:
-            raise self._bad_payload(
-                f"the answer is not valid JSON ({len(raw)} bytes)", model_id
-            ) from None
+        """Read and decode a JSON object (bounded by idle / total); releases the response."""
+        payload = await self.json_body(resp, timeouts, model_id, deadline)
         if not isinstance(payload, dict):
-            raise self._bad_payload("the answer is not a JSON object", model_id)
+            raise self.bad_payload("the answer is not a JSON object", model_id)
         return payload
 
     # ------------------------------------------------------------------ chat
@@ -432,7 +305,7 @@ class CohereAdapter:
         message = payload.get("message")
         reason = payload.get("finish_reason")
         if not isinstance(message, dict) or not isinstance(reason, str):
-            raise self._bad_payload("the answer has no message / finish_reason", model.id)
+            raise self.bad_payload("the answer has no message / finish_reason", model.id)
         if reason in FAILED_FINISH:
             raise self._failed_finish(reason, payload.get("error"), model.id, interrupted=False)
         texts: list[str] = []
@@ -495,7 +368,7 @@ class CohereAdapter:
         ctype = resp.headers.get("Content-Type", "")
         if "text/event-stream" not in ctype and "json" not in ctype:
             resp.close()
-            raise self._bad_payload(
+            raise self.bad_payload(
                 f"expected an event stream, got content type {ctype or 'none'!r}", model_id
             )
         rate = parse_rate_limit(resp.headers)
@@ -519,10 +392,8 @@ class CohereAdapter:
                 watch.reading()
                 try:
                     line = await readline()
-                except ReadTimeout as timeout:
-                    raise self._timeout_error(timeout.phase, model_id, timeouts) from None
-                except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
-                    raise self._transport_error(exc, model_id, interrupted=True) from None
+                except STREAM_READ_ERRORS as exc:
+                    raise self.stream_failure(exc, model_id, timeouts) from None
                 watch.read()
                 if not line:
                     raise StreamInterruptedError(
@@ -567,7 +438,7 @@ class CohereAdapter:
                     try:
                         text = event["delta"]["message"]["content"].get("text")
                     except (KeyError, TypeError, AttributeError):
-                        raise self._bad_payload(
+                        raise self.bad_payload(
                             "a content-delta event has no delta.message.content", model_id
                         ) from None
                     if text is None:
@@ -614,7 +485,7 @@ class CohereAdapter:
                     delta = delta if isinstance(delta, dict) else {}
                     reason = delta.get("finish_reason")
                     if not isinstance(reason, str):
-                        raise self._bad_payload("message-end carries no finish_reason", model_id)
+                        raise self.bad_payload("message-end carries no finish_reason", model_id)
                     if reason in FAILED_FINISH:
                         raise self._failed_finish(
                             reason, delta.get("error"), model_id, interrupted=delivered > 0
@@ -637,17 +508,7 @@ class CohereAdapter:
                 # event types added later carry nothing an OpenAI chunk has.
         finally:
             watch.close()
-            if finished and not content.at_eof():
-                # Drain the end of the chunked body so the connection can be reused.
-                try:
-                    async with asyncio.timeout(0.05):
-                        await content.read()
-                except (TimeoutError, aiohttp.ClientError, OSError):
-                    resp.close()
-            if finished:
-                resp.release()
-            else:
-                resp.close()
+            await end_stream(resp, finished)
 
     def _tool_delta(
         self, event: dict[str, Any], kind: str, tool_index: dict[int, int], model_id: str
@@ -656,7 +517,7 @@ class CohereAdapter:
             call = event["delta"]["message"]["tool_calls"]
             function = call.get("function") or {}
         except (KeyError, TypeError, AttributeError):
-            raise self._bad_payload(
+            raise self.bad_payload(
                 f"a {kind} event has no delta.message.tool_calls", model_id
             ) from None
         upstream_index = event.get("index")
@@ -675,7 +536,7 @@ class CohereAdapter:
             )
         found = tool_index.get(key)
         if found is None:
-            raise self._bad_payload(
+            raise self.bad_payload(
                 "a tool-call-delta arrived before its tool-call-start", model_id
             )
         return ToolCall(
@@ -720,9 +581,9 @@ class CohereAdapter:
                 floats = payload["embeddings"]["float"]
                 batch = [[float(v) for v in vector] for vector in floats]
             except (KeyError, TypeError, ValueError):
-                raise self._bad_payload("the answer has no embeddings.float", model.id) from None
+                raise self.bad_payload("the answer has no embeddings.float", model.id) from None
             if len(batch) != len(body["texts"]):
-                raise self._bad_payload(
+                raise self.bad_payload(
                     f"asked for {len(body['texts'])} embeddings, got {len(batch)}", model.id
                 )
             vectors.extend(batch)
@@ -778,7 +639,7 @@ class CohereAdapter:
                 for item in payload["results"]
             )
         except (KeyError, TypeError, ValueError, IndexError):
-            raise self._bad_payload(
+            raise self.bad_payload(
                 "the answer has no results[].index / relevance_score within the documents",
                 model.id,
             ) from None
@@ -804,7 +665,7 @@ class CohereAdapter:
         try:
             return [str(item["name"]) for item in payload["models"]]
         except (KeyError, TypeError):
-            raise self._bad_payload("the model list has no models[].name", None) from None
+            raise self.bad_payload("the model list has no models[].name", None) from None
 
     async def close(self) -> None:
         """Nothing to release: the shared session belongs to the mesh."""
