@@ -28,12 +28,9 @@ import aiohttp
 from loguru import logger
 from yarl import URL
 
-from modelmesh_core.deadlines import ReadDeadline, ReadTimeout
-from modelmesh_core.errors import (
-    ProviderError,
-    ProviderTimeoutError,
-    StreamInterruptedError,
-)
+from modelmesh_core.deadlines import ReadDeadline
+from modelmesh_core.errors import ProviderError, StreamInterruptedError
+from modelmesh_core.http import STREAM_READ_ERRORS, HTTPAdapter, end_stream
 from modelmesh_core.redaction import redact, register_secret
 from modelmesh_core.types import (
     CompletionRequest,
@@ -56,17 +53,8 @@ logger.disable("modelmesh_gemini")
 
 _MAX_MODEL_PAGES = 50
 
-def _bound(now: float, span: float | None, deadline: float | None) -> tuple[float | None, bool]:
-    """The earlier of ``now + span`` and ``deadline``; True when ``deadline`` is the binding one."""
-    if span is None:
-        return deadline, True
-    when = now + span
-    if deadline is not None and deadline <= when:
-        return deadline, True
-    return when, False
 
-
-class GeminiAdapter:
+class GeminiAdapter(HTTPAdapter):
     """``ProviderAdapter`` for Google's Gemini API (``generativelanguage`` ``v1beta``).
 
     Built by the connector's factory as ``GeminiAdapter(context, config)``; it holds no
@@ -76,11 +64,8 @@ class GeminiAdapter:
     def __init__(self, context: ProviderContext, config: GeminiConfig | None) -> None:
         config = config if config is not None else GeminiConfig()
         self.config = config
-        self.name = context.name
-        self._session = context.session
-        self._dumps = context.json_dumps
-        self._loads = context.json_loads
-        self.base_url = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
+        super().__init__(context, base_url=(config.base_url or DEFAULT_BASE_URL).rstrip("/"),
+                         api="the Gemini API")
         key = resolve_key(config)
         headers: dict[str, str] = {"Content-Type": "application/json", "Accept": "application/json"}
         headers.update(config.headers)
@@ -95,7 +80,6 @@ class GeminiAdapter:
         ] or None
         self._urls: dict[tuple[str, str], URL] = {}
         self._models_url = URL(f"{self.base_url}/models")
-        self._client_timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
 
     def __repr__(self) -> str:
         return f"GeminiAdapter({self.name!r}, base_url={self.base_url!r})"
@@ -111,15 +95,6 @@ class GeminiAdapter:
             self._urls[(upstream_id, method)] = url
         return url
 
-    def _client_timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
-        cached = self._client_timeouts.get(timeouts)
-        if cached is None:
-            cached = aiohttp.ClientTimeout(
-                total=None, connect=None, sock_connect=timeouts.connect, sock_read=None
-            )
-            self._client_timeouts[timeouts] = cached
-        return cached
-
     def _body(self, model: Model, request: CompletionRequest) -> tuple[bytes, bool]:
         try:
             body, prefill = build_body(request, self._safety, self._loads)
@@ -134,45 +109,6 @@ class GeminiAdapter:
         return self._dumps(body), prefill
 
     # ------------------------------------------------------------------ errors
-
-    def _timeout_error(self, phase: str, model_id: str | None, timeouts: Timeouts) -> ProviderError:
-        limit = getattr(timeouts, phase)
-        what = {
-            "connect": "could not connect",
-            "first_byte": "no response (headers or first stream event)",
-            "idle": "the response stalled (no data)",
-            "total": "the call did not finish",
-        }[phase]
-        return ProviderTimeoutError(
-            f"{what} within the {phase} timeout of {limit}s; raise timeouts.{phase} for this "
-            "provider or let the router fail over",
-            phase=phase,
-            provider_id=self.name,
-            model_id=model_id,
-        )
-
-    def _transport_error(
-        self, exc: BaseException, model_id: str | None, *, interrupted: bool = False
-    ) -> ProviderError:
-        kind = StreamInterruptedError if interrupted else ProviderError
-        detail = redact(str(exc)) or type(exc).__name__
-        return kind(
-            f"{'stream interrupted: ' if interrupted else ''}{type(exc).__name__}: {detail} "
-            f"(base URL {self.base_url}); check that the upstream is reachable",
-            provider_id=self.name,
-            model_id=model_id,
-            retryable=True,
-        )
-
-    def _bad_payload(self, problem: str, model_id: str | None) -> ProviderError:
-        return ProviderError(
-            f"{problem}; the upstream at {self.base_url} does not look like the Gemini API "
-            "(check base_url)",
-            provider_id=self.name,
-            model_id=model_id,
-            status=200,
-            retryable=True,
-        )
 
     def error_from(
         self,
@@ -207,72 +143,14 @@ class GeminiAdapter:
         prefill: bool = False,
     ) -> aiohttp.ClientResponse:
         """Send; return a response with status < 400 (headers received) or raise typed."""
-        loop = asyncio.get_running_loop()
-        when, is_total = _bound(loop.time(), timeouts.first_byte, deadline)
-        try:
-            async with asyncio.timeout_at(when) as cm:
-                resp = await self._session().request(
-                    method,
-                    url,
-                    data=data,
-                    headers=self._stream_headers if stream else self._headers,
-                    timeout=self._client_timeout(timeouts),
-                    raise_for_status=False,
-                )
-        except TimeoutError as exc:
-            if not cm.expired() and isinstance(exc, aiohttp.ServerTimeoutError):
-                raise self._timeout_error("connect", model_id, timeouts) from None
-            raise self._timeout_error(
-                "total" if is_total else "first_byte", model_id, timeouts
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise self._transport_error(exc, model_id) from None
+        resp = await self.request(method, url, data,
+                                  self._stream_headers if stream else self._headers,
+                                  timeouts, model_id, asyncio.get_running_loop().time(), deadline)
         if resp.status < 400:
             return resp
-        when, _ = _bound(loop.time(), timeouts.idle, deadline)
-        raw = b""
-        try:
-            async with asyncio.timeout_at(when):
-                raw = await resp.read()
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            resp.close()
-        finally:
-            resp.release()
+        raw = await self.error_body(resp, timeouts, deadline)
         logger.opt(lazy=True).debug("{} answered HTTP {}", lambda: self.name, lambda: resp.status)
         raise self.error_from(resp.status, raw, resp.headers, model_id, prefill)
-
-    async def _read_body(
-        self,
-        resp: aiohttp.ClientResponse,
-        timeouts: Timeouts,
-        model_id: str | None,
-        deadline: float | None,
-    ) -> Any:
-        """Read and decode a JSON body (bounded by idle / total); releases the response."""
-        loop = asyncio.get_running_loop()
-        when, is_total = _bound(loop.time(), timeouts.idle, deadline)
-        try:
-            async with asyncio.timeout_at(when):
-                raw = await resp.read()
-        except TimeoutError:
-            resp.close()
-            raise self._timeout_error("total" if is_total else "idle", model_id, timeouts) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            resp.close()
-            raise self._transport_error(exc, model_id) from None
-        finally:
-            resp.release()
-        ctype = resp.headers.get("Content-Type", "")
-        if "json" not in ctype:
-            raise self._bad_payload(
-                f"expected a JSON answer, got content type {ctype or 'none'!r}", model_id
-            )
-        try:
-            return self._loads(raw)
-        except ValueError:
-            raise self._bad_payload(
-                f"the answer is not valid JSON ({len(raw)} bytes)", model_id
-            ) from None
 
     # ------------------------------------------------------------------ chat
 
@@ -293,18 +171,18 @@ class GeminiAdapter:
             deadline,
             prefill=prefill,
         )
-        payload = await self._read_body(resp, timeouts, model.id, deadline)
+        payload = await self.json_body(resp, timeouts, model.id, deadline)
         if not isinstance(payload, dict):
-            raise self._bad_payload("the answer is not a GenerateContentResponse", model.id)
+            raise self.bad_payload("the answer is not a GenerateContentResponse", model.id)
         if "error" in payload and not payload.get("candidates"):
             raise self.error_from(None, self._dumps(payload), resp.headers, model.id, prefill)
         state = AnswerState(self.name, model.id, start)
         try:
             chunk = state.event(payload, loop.time())
         except (TypeError, AttributeError, KeyError):
-            raise self._bad_payload("the answer's candidates are malformed", model.id) from None
+            raise self.bad_payload("the answer's candidates are malformed", model.id) from None
         if not payload.get("candidates"):
-            raise self._bad_payload("the answer has no candidates", model.id)
+            raise self.bad_payload("the answer has no candidates", model.id)
         if state.finish is None:
             state.finish = "STOP"
         final = state.final(loop.time())
@@ -347,18 +225,18 @@ class GeminiAdapter:
         ctype = resp.headers.get("Content-Type", "")
         if "text/event-stream" not in ctype:
             # Without alt=sse Gemini answers one JSON array of responses: accept it whole.
-            payload = await self._read_body(resp, timeouts, model_id, deadline)
+            payload = await self.json_body(resp, timeouts, model_id, deadline)
             for obj in payload if isinstance(payload, list) else [payload]:
                 if isinstance(obj, dict) and "error" in obj and not obj.get("candidates"):
                     raise self.error_from(None, self._dumps(obj), resp.headers, model_id, prefill)
                 try:
                     chunk = state.event(obj, loop.time())
                 except (TypeError, AttributeError, KeyError):
-                    raise self._bad_payload("a response is malformed", model_id) from None
+                    raise self.bad_payload("a response is malformed", model_id) from None
                 if chunk is not None:
                     yield chunk
             if state.finish is None:
-                raise self._bad_payload("the answer has no finishReason", model_id)
+                raise self.bad_payload("the answer has no finishReason", model_id)
             yield state.final(loop.time())
             return
         content = resp.content
@@ -375,10 +253,8 @@ class GeminiAdapter:
                 watch.reading()
                 try:
                     line = await readline()
-                except ReadTimeout as timeout:
-                    raise self._timeout_error(timeout.phase, model_id, timeouts) from None
-                except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
-                    raise self._transport_error(exc, model_id, interrupted=True) from None
+                except STREAM_READ_ERRORS as exc:
+                    raise self.stream_failure(exc, model_id, timeouts) from None
                 watch.read()
                 eof = not line
                 line = line.rstrip(b"\r\n")
@@ -416,7 +292,7 @@ class GeminiAdapter:
                     try:
                         chunk = state.event(obj, loop.time())
                     except (TypeError, AttributeError, KeyError):
-                        raise self._bad_payload(
+                        raise self.bad_payload(
                             f"stream event {events} is not a GenerateContentResponse", model_id
                         ) from None
                     if chunk is not None:
@@ -428,10 +304,7 @@ class GeminiAdapter:
                     break
         finally:
             watch.close()
-            if clean:
-                resp.release()
-            else:
-                resp.close()
+            await end_stream(resp, clean)  # clean only at EOF: nothing left to drain
         yield state.final(loop.time())
 
     def _cut(self, events: int, status: int, model_id: str) -> StreamInterruptedError:
@@ -455,7 +328,7 @@ class GeminiAdapter:
             obj = obj[0]
         if isinstance(obj, dict) and "error" in obj:
             return self.error_from(None, body, resp.headers, model_id, prefill)
-        return self._bad_payload("the stream carries data outside server-sent events", model_id)
+        return self.bad_payload("the stream carries data outside server-sent events", model_id)
 
     # ------------------------------------------------------------------ embeddings and models
 
@@ -499,16 +372,16 @@ class GeminiAdapter:
         start = loop.time()
         deadline = start + timeouts.total if timeouts.total is not None else None
         resp = await self._send("POST", url, self._dumps(body), timeouts, model.id, deadline)
-        payload = await self._read_body(resp, timeouts, model.id, deadline)
+        payload = await self.json_body(resp, timeouts, model.id, deadline)
         try:
             items = [payload["embedding"]] if single else payload["embeddings"]
             vectors = [[float(v) for v in item["values"]] for item in items]
         except (KeyError, TypeError, ValueError):
-            raise self._bad_payload(
+            raise self.bad_payload(
                 "the answer has no embedding(s).values", model.id
             ) from None
         if len(vectors) != len(texts):
-            raise self._bad_payload(
+            raise self.bad_payload(
                 f"asked for {len(texts)} embeddings, got {len(vectors)}", model.id
             )
         meta = payload.get("usageMetadata") if isinstance(payload, dict) else None
@@ -538,13 +411,13 @@ class GeminiAdapter:
                 {"pageSize": "1000", **({"pageToken": token} if token else {})}
             )
             resp = await self._send("GET", url, None, timeouts, None, deadline)
-            payload = await self._read_body(resp, timeouts, None, deadline)
+            payload = await self.json_body(resp, timeouts, None, deadline)
             try:
                 for item in payload.get("models") or ():
                     name = str(item["name"])
                     names.append(name.removeprefix("models/"))
             except (KeyError, TypeError, AttributeError):
-                raise self._bad_payload("the model list has no models[].name", None) from None
+                raise self.bad_payload("the model list has no models[].name", None) from None
             token = payload.get("nextPageToken") or ""
             if not token:
                 break
