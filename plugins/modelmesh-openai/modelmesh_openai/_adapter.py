@@ -19,7 +19,6 @@ import re
 import struct
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from typing import Any
 
@@ -27,17 +26,25 @@ import aiohttp
 from loguru import logger
 from yarl import URL
 
-from modelmesh_core.deadlines import ReadDeadline, ReadTimeout
+from modelmesh_core.deadlines import ReadDeadline
 from modelmesh_core.errors import (
     AuthenticationError,
     ContentFilterError,
     ContextLengthError,
     InvalidRequestError,
     ProviderError,
-    ProviderTimeoutError,
     RateLimitError,
     StreamInterruptedError,
 )
+from modelmesh_core.http import (
+    STREAM_READ_ERRORS,
+    HTTPAdapter,
+    KeyRing,
+    end_stream,
+    header_int,
+    kept_headers,
+)
+from modelmesh_core.http import parse_retry_after as _retry_after_header
 from modelmesh_core.limits import MAX_JSON_DEPTH, too_deep
 from modelmesh_core.redaction import redact, register_secret
 from modelmesh_core.types import (
@@ -129,31 +136,14 @@ def parse_retry_after(headers: Mapping[str, str], message: str = "") -> float | 
             return max(float(value) / 1000.0, 0.0)
         except ValueError:
             pass
-    value = headers.get("retry-after")
-    if value:
-        try:
-            return max(float(value), 0.0)
-        except ValueError:
-            try:
-                when = parsedate_to_datetime(value)
-            except (TypeError, ValueError, IndexError):
-                when = None
-            if when is not None:
-                return max(when.timestamp() - time.time(), 0.0)
+    wait = _retry_after_header(headers)
+    if wait is not None:
+        return wait
     if message:
         match = _TRY_AGAIN.search(message)
         if match:
             return parse_duration(match.group(1))
     return None
-
-
-def _int(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(float(value))
-    except ValueError:
-        return None
 
 
 def _seconds(value: str | None) -> float | None:
@@ -177,23 +167,18 @@ def parse_rate_limit(headers: Mapping[str, str]) -> RateLimitInfo | None:
     ):
         return None
     return RateLimitInfo(
-        limit_requests=_int(limit_requests),
-        remaining_requests=_int(remaining_requests),
+        limit_requests=header_int(limit_requests),
+        remaining_requests=header_int(remaining_requests),
         reset_requests=_seconds(get("x-ratelimit-reset-requests")),
-        limit_tokens=_int(limit_tokens),
-        remaining_tokens=_int(remaining_tokens),
+        limit_tokens=header_int(limit_tokens),
+        remaining_tokens=header_int(remaining_tokens),
         reset_tokens=_seconds(get("x-ratelimit-reset-tokens")),
         retry_after=parse_retry_after(headers) if retry is not None else None,
     )
 
 
 def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    kept = {}
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower.startswith("x-ratelimit-") or lower in _KEPT_HEADERS:
-            kept[lower] = value
-    return kept
+    return kept_headers(headers, _KEPT_HEADERS, ("x-ratelimit-",))
 
 
 # --------------------------------------------------------------------------- response parsing
@@ -260,51 +245,7 @@ def _error_fields(raw: bytes, loads: Callable[[bytes], Any]) -> tuple[str, str |
     return text, None, None
 
 
-# --------------------------------------------------------------------------- key rotation
-
-
-class _KeyRing:
-    """Several API keys: the current one is used until it is set aside, then the next."""
-
-    __slots__ = ("clock", "current", "errors", "size", "until")
-
-    def __init__(self, size: int, clock: Callable[[], float]) -> None:
-        self.size = size
-        self.current = 0
-        self.until = [0.0] * size
-        self.errors: list[ProviderError | None] = [None] * size
-        self.clock = clock
-
-    def order(self) -> list[int]:
-        now = self.clock()
-        return [
-            i
-            for i in ((self.current + step) % self.size for step in range(self.size))
-            if self.until[i] <= now
-        ]
-
-    def set_aside(self, index: int, seconds: float, error: ProviderError) -> None:
-        self.until[index] = self.clock() + seconds
-        self.errors[index] = error
-
-    def used(self, index: int) -> None:
-        self.current = index
-
-    def wait(self) -> float:
-        return max(min(self.until) - self.clock(), 0.0)
-
-
 # --------------------------------------------------------------------------- the adapter
-
-
-def _bound(now: float, span: float | None, deadline: float | None) -> tuple[float | None, bool]:
-    """The earlier of ``now + span`` and ``deadline``; True when ``deadline`` is the binding one."""
-    if span is None:
-        return deadline, True
-    when = now + span
-    if deadline is not None and deadline <= when:
-        return deadline, True
-    return when, False
 
 
 _PREFILL_PARAMS: dict[str, dict[str, Any]] = {
@@ -315,7 +256,7 @@ _PREFILL_PARAMS: dict[str, dict[str, Any]] = {
 """Body parameters a server needs to continue a trailing assistant message (prefill)."""
 
 
-class OpenAIAdapter(BatchesMixin, OperationsMixin):
+class OpenAIAdapter(BatchesMixin, OperationsMixin, HTTPAdapter):
     """``ProviderAdapter`` for the OpenAI chat completions / embeddings / models API, plus
     the operations of :class:`~modelmesh_openai._operations.OperationsMixin` (images,
     speech, transcription and translation, moderation), and ``BatchCapable`` (files +
@@ -331,12 +272,9 @@ class OpenAIAdapter(BatchesMixin, OperationsMixin):
         config = config if config is not None else OpenAIConfig()
         self.connector = connector
         self.config = config
-        self.name = context.name
-        self._session = context.session
-        self._dumps = context.json_dumps
-        self._loads = context.json_loads
         self.clock: Callable[[], float] = time.monotonic
-        self.base_url = connector.resolve_base_url(config)
+        super().__init__(context, base_url=connector.resolve_base_url(config),
+                         api="an OpenAI-compatible API")
         self._azure_deployments = connector.azure and not self.base_url.endswith("/v1")
         self._query = ""
         if connector.azure:
@@ -360,11 +298,10 @@ class OpenAIAdapter(BatchesMixin, OperationsMixin):
         else:
             self._headers = [{**common, "Authorization": f"Bearer {key}"} for key in keys]
         self._stream_headers = [{**h, "Accept": "text/event-stream"} for h in self._headers]
-        self._ring = _KeyRing(len(keys), lambda: self.clock()) if len(keys) > 1 else None
+        self._ring = KeyRing(len(keys), lambda: self.clock()) if len(keys) > 1 else None
         self._chat_urls: dict[str, URL] = {}
         self._embed_urls: dict[str, URL] = {}
         self._models_url = URL(f"{self.base_url}/models{self._query}")
-        self._client_timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
         self._op_urls: dict[tuple[str, str], URL] = {}
         self._prefill_params = _PREFILL_PARAMS.get(connector.name)
 
@@ -398,15 +335,6 @@ class OpenAIAdapter(BatchesMixin, OperationsMixin):
     @staticmethod
     def _rate_limit(resp: aiohttp.ClientResponse) -> RateLimitInfo | None:
         return parse_rate_limit(resp.headers)
-
-    def _client_timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
-        cached = self._client_timeouts.get(timeouts)
-        if cached is None:
-            cached = aiohttp.ClientTimeout(
-                total=None, connect=None, sock_connect=timeouts.connect, sock_read=None
-            )
-            self._client_timeouts[timeouts] = cached
-        return cached
 
     def _body(self, model: Model, request: CompletionRequest, stream: bool) -> bytes:
         body: dict[str, Any] = dict(request.extra) if request.extra else {}
@@ -452,47 +380,6 @@ class OpenAIAdapter(BatchesMixin, OperationsMixin):
                    if deep else "."), param=deep[:80] if deep else None) from None
 
     # ------------------------------------------------------------------ errors
-
-    def _timeout_error(self, phase: str, model_id: str | None, timeouts: Timeouts) -> ProviderError:
-        limit = getattr(timeouts, phase)
-        what = {
-            "connect": "could not connect",
-            "first_byte": "no response (headers or first stream event)",
-            "idle": "the response stalled (no data)",
-            "total": "the call did not finish",
-        }[phase]
-        return ProviderTimeoutError(
-            f"{what} within the {phase} timeout of {limit}s; raise timeouts.{phase} for this "
-            "provider or let the router fail over",
-            phase=phase,
-            provider_id=self.name,
-            model_id=model_id,
-        )
-
-    def _transport_error(
-        self, exc: BaseException, model_id: str | None, *, interrupted: bool = False
-    ) -> ProviderError:
-        kind = StreamInterruptedError if interrupted else ProviderError
-        detail = redact(str(exc)) or type(exc).__name__
-        return kind(
-            f"{'stream interrupted: ' if interrupted else ''}{type(exc).__name__}: {detail} "
-            f"(base URL {self.base_url}); check that the upstream is reachable",
-            provider_id=self.name,
-            model_id=model_id,
-            retryable=True,
-        )
-
-    def _bad_payload(
-        self, problem: str, model_id: str | None, status: int | None = 200
-    ) -> ProviderError:
-        return ProviderError(
-            f"{problem}; the upstream at {self.base_url} does not look like an OpenAI-compatible "
-            "API (check base_url)",
-            provider_id=self.name,
-            model_id=model_id,
-            status=status,
-            retryable=True,
-        )
 
     def error_from(
         self,
@@ -570,32 +457,20 @@ class OpenAIAdapter(BatchesMixin, OperationsMixin):
         if not order:
             raise self._all_keys_aside(model_id)
         headers_list = headers or (self._stream_headers if stream else self._headers)
-        client_timeout = self._client_timeout(timeouts)
-        session = self._session()
         last: ProviderError | None = None
         loop = asyncio.get_running_loop()
         for index in order:
-            when, is_total = _bound(start, timeouts.first_byte, deadline)
-            if last is not None:
-                when, is_total = _bound(loop.time(), timeouts.first_byte, deadline)
-            try:
-                async with asyncio.timeout_at(when) as cm:
-                    resp = await session.request(
-                        method,
-                        url,
-                        data=data,
-                        headers=headers_list[index] if content_type is None
-                        else {**headers_list[index], "Content-Type": content_type},
-                        timeout=client_timeout,
-                        raise_for_status=False,
-                    )
-            except TimeoutError as exc:
-                if not cm.expired() and isinstance(exc, aiohttp.ServerTimeoutError):
-                    raise self._timeout_error("connect", model_id, timeouts) from None
-                phase = "total" if is_total else "first_byte"
-                raise self._timeout_error(phase, model_id, timeouts) from None
-            except (aiohttp.ClientError, OSError) as exc:
-                raise self._transport_error(exc, model_id) from None
+            resp = await self.request(
+                method,
+                url,
+                data,
+                headers_list[index] if content_type is None
+                else {**headers_list[index], "Content-Type": content_type},
+                timeouts,
+                model_id,
+                start if last is None else loop.time(),
+                deadline,
+            )
             if resp.status < 400:
                 if ring is not None:
                     ring.used(index)
@@ -640,51 +515,9 @@ class OpenAIAdapter(BatchesMixin, OperationsMixin):
         model_id: str | None,
         deadline: float | None,
     ) -> ProviderError:
-        loop = asyncio.get_running_loop()
-        when, _ = _bound(loop.time(), timeouts.idle, deadline)
-        raw = b""
-        try:
-            async with asyncio.timeout_at(when):
-                raw = await resp.read()
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            resp.close()
-        finally:
-            resp.release()
+        raw = await self.error_body(resp, timeouts, deadline)
         logger.opt(lazy=True).debug("{} answered HTTP {}", lambda: self.name, lambda: resp.status)
         return self.error_from(resp.status, raw, resp.headers, model_id)
-
-    async def _read_body(
-        self,
-        resp: aiohttp.ClientResponse,
-        timeouts: Timeouts,
-        model_id: str | None,
-        deadline: float | None,
-    ) -> Any:
-        """Read and decode a JSON body (bounded by idle / total); releases the response."""
-        loop = asyncio.get_running_loop()
-        when, is_total = _bound(loop.time(), timeouts.idle, deadline)
-        try:
-            async with asyncio.timeout_at(when):
-                raw = await resp.read()
-        except TimeoutError:
-            resp.close()
-            raise self._timeout_error("total" if is_total else "idle", model_id, timeouts) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            resp.close()
-            raise self._transport_error(exc, model_id) from None
-        finally:
-            resp.release()
-        ctype = resp.headers.get("Content-Type", "")
-        if "json" not in ctype:
-            raise self._bad_payload(
-                f"expected a JSON answer, got content type {ctype or 'none'!r}", model_id
-            )
-        try:
-            return self._loads(raw)
-        except ValueError:
-            raise self._bad_payload(
-                f"the answer is not valid JSON ({len(raw)} bytes)", model_id
-            ) from None
 
     # ------------------------------------------------------------------ ProviderAdapter
 
@@ -706,14 +539,14 @@ class OpenAIAdapter(BatchesMixin, OperationsMixin):
             deadline,
             False,
         )
-        payload = await self._read_body(resp, timeouts, model.id, deadline)
+        payload = await self.json_body(resp, timeouts, model.id, deadline)
         try:
             choice = payload["choices"][0]
             message = choice["message"]
         except (KeyError, IndexError, TypeError):
             if isinstance(payload, dict) and "error" in payload:
                 raise self.error_from(None, self._dumps(payload), resp.headers, model.id) from None
-            raise self._bad_payload("the answer has no choices[0].message", model.id) from None
+            raise self.bad_payload("the answer has no choices[0].message", model.id) from None
         rate = parse_rate_limit(resp.headers)
         return CompletionResponse(
             content=message.get("content") or "",
@@ -754,7 +587,7 @@ class OpenAIAdapter(BatchesMixin, OperationsMixin):
         ctype = resp.headers.get("Content-Type", "")
         if "text/event-stream" not in ctype:
             # Some compatible servers ignore "stream": answer the whole completion as one chunk.
-            payload = await self._read_body(resp, timeouts, model_id, deadline)
+            payload = await self.json_body(resp, timeouts, model_id, deadline)
             yield self._whole_as_chunk(payload, resp, model, start)
             return
         rate = parse_rate_limit(resp.headers)
@@ -773,10 +606,8 @@ class OpenAIAdapter(BatchesMixin, OperationsMixin):
                 watch.reading()
                 try:
                     line = await readline()
-                except ReadTimeout as timeout:
-                    raise self._timeout_error(timeout.phase, model_id, timeouts) from None
-                except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
-                    raise self._transport_error(exc, model_id, interrupted=True) from None
+                except STREAM_READ_ERRORS as exc:
+                    raise self.stream_failure(exc, model_id, timeouts) from None
                 watch.read()
                 if not line:
                     if finish_seen:
@@ -785,7 +616,7 @@ class OpenAIAdapter(BatchesMixin, OperationsMixin):
                         finished = True
                         break
                     if pending:
-                        raise self._bad_payload("the stream ended inside an event", model_id)
+                        raise self.bad_payload("the stream ended inside an event", model_id)
                     raise StreamInterruptedError(
                         f"the stream ended without a finish_reason or 'data: [DONE]' after "
                         f"{delivered} chunks; the answer is incomplete",
@@ -828,7 +659,7 @@ class OpenAIAdapter(BatchesMixin, OperationsMixin):
                         retryable=True,
                     ) from None
                 if not isinstance(obj, dict):
-                    raise self._bad_payload("a stream chunk is not a JSON object", model_id)
+                    raise self.bad_payload("a stream chunk is not a JSON object", model_id)
                 if "error" in obj and not obj.get("choices"):
                     raise self.error_from(None, event, resp.headers, model_id)
                 chunk = self._chunk(obj, model_id, start, loop, rate if not delivered else None)
@@ -840,17 +671,7 @@ class OpenAIAdapter(BatchesMixin, OperationsMixin):
                 yield chunk
         finally:
             watch.close()
-            if finished and not content.at_eof():
-                # Drain the end of the chunked body so the connection can be reused.
-                try:
-                    async with asyncio.timeout(0.05):
-                        await content.read()
-                except (TimeoutError, aiohttp.ClientError, OSError):
-                    resp.close()
-            if finished:
-                resp.release()
-            else:
-                resp.close()
+            await end_stream(resp, finished)
 
     def _chunk(
         self,
@@ -900,7 +721,7 @@ class OpenAIAdapter(BatchesMixin, OperationsMixin):
             choice = payload["choices"][0]
             message = choice["message"]
         except (KeyError, IndexError, TypeError):
-            raise self._bad_payload("the answer has no choices[0].message", model.id) from None
+            raise self.bad_payload("the answer has no choices[0].message", model.id) from None
         rate = parse_rate_limit(resp.headers)
         calls = _tool_calls(message.get("tool_calls"), False)
         calls = tuple(
@@ -943,12 +764,12 @@ class OpenAIAdapter(BatchesMixin, OperationsMixin):
             deadline,
             False,
         )
-        payload = await self._read_body(resp, timeouts, model.id, deadline)
+        payload = await self.json_body(resp, timeouts, model.id, deadline)
         try:
             items = sorted(payload["data"], key=lambda item: item.get("index", 0))
             vectors = [_vector(item["embedding"]) for item in items]
         except (KeyError, TypeError, ValueError, AttributeError):
-            raise self._bad_payload("the answer has no data[].embedding", model.id) from None
+            raise self.bad_payload("the answer has no data[].embedding", model.id) from None
         usage = payload.get("usage") or {}
         return EmbeddingResponse(
             data=vectors,
@@ -970,11 +791,11 @@ class OpenAIAdapter(BatchesMixin, OperationsMixin):
         resp = await self._send(
             "GET", self._models_url, None, timeouts, None, start, deadline, False
         )
-        payload = await self._read_body(resp, timeouts, None, deadline)
+        payload = await self.json_body(resp, timeouts, None, deadline)
         try:
             return [str(item["id"]) for item in payload["data"]]
         except (KeyError, TypeError):
-            raise self._bad_payload("the model list has no data[].id", None) from None
+            raise self.bad_payload("the model list has no data[].id", None) from None
 
     async def close(self) -> None:
         """Nothing to release: the shared session belongs to the mesh."""

@@ -20,17 +20,17 @@ is reported ``failed``. Only connectors whose upstream has the Batch API
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from yarl import URL
 
 from modelmesh_core.errors import BatchRequestNotRunError, ProviderError
+from modelmesh_core.http import HTTPAdapter, call_window
 from modelmesh_core.types import BatchJob, CompletionRequest, CompletionResponse, Model, Timeouts
 
 if TYPE_CHECKING:
@@ -56,15 +56,11 @@ def _index(cid: Any) -> int | None:
     return None
 
 
-class BatchesMixin:
+class BatchesMixin(HTTPAdapter):
     """Batch API methods of :class:`~modelmesh_openai.OpenAIAdapter`."""
 
     if TYPE_CHECKING:
-        name: str
-        base_url: str
         connector: Connector
-        _dumps: Callable[[Any], bytes]
-        _loads: Callable[[bytes | str], Any]
 
         def _body(self, model: Model, request: CompletionRequest, stream: bool) -> bytes: ...
 
@@ -81,26 +77,6 @@ class BatchesMixin:
             content_type: str | None = None,
         ) -> aiohttp.ClientResponse: ...
 
-        async def _read_body(
-            self,
-            resp: aiohttp.ClientResponse,
-            timeouts: Timeouts,
-            model_id: str | None,
-            deadline: float | None,
-        ) -> Any: ...
-
-        def _timeout_error(
-            self, phase: str, model_id: str | None, timeouts: Timeouts
-        ) -> ProviderError: ...
-
-        def _transport_error(
-            self, exc: BaseException, model_id: str | None, *, interrupted: bool = False
-        ) -> ProviderError: ...
-
-        def _bad_payload(
-            self, problem: str, model_id: str | None, status: int | None = 200
-        ) -> ProviderError: ...
-
         def error_from(
             self,
             status: int | None,
@@ -114,41 +90,21 @@ class BatchesMixin:
     def _api(self, *parts: str) -> URL:
         return URL(f"{self.base_url}/{'/'.join(parts)}")
 
-    @staticmethod
-    def _window(timeouts: Timeouts) -> tuple[float, float | None]:
-        start = asyncio.get_running_loop().time()
-        return start, (start + timeouts.total if timeouts.total is not None else None)
-
     async def _call(
         self, method: str, url: URL, data: bytes | None, timeouts: Timeouts,
         model_id: str | None, content_type: str | None = None,
     ) -> Any:
-        start, deadline = self._window(timeouts)
+        start, deadline = call_window(timeouts)
         resp = await self._send(method, url, data, timeouts, model_id, start, deadline, False,
                                 content_type)
-        return await self._read_body(resp, timeouts, model_id, deadline)
+        return await self.json_body(resp, timeouts, model_id, deadline)
 
     async def _download(self, file_id: str, timeouts: Timeouts, model_id: str) -> bytes:
         """The bytes of a file (``GET /files/{id}/content``), bounded like a body read."""
-        start, deadline = self._window(timeouts)
+        start, deadline = call_window(timeouts)
         resp = await self._send("GET", self._api("files", file_id, "content"), None, timeouts,
                                 model_id, start, deadline, False)
-        loop = asyncio.get_running_loop()
-        idle = timeouts.idle
-        when = deadline if idle is None else min(
-            loop.time() + idle, deadline if deadline is not None else float("inf"))
-        try:
-            async with asyncio.timeout_at(when):
-                return await resp.read()
-        except TimeoutError:
-            resp.close()
-            phase = "total" if idle is None or when == deadline else "idle"
-            raise self._timeout_error(phase, model_id, timeouts) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            resp.close()
-            raise self._transport_error(exc, model_id) from None
-        finally:
-            resp.release()
+        return await self.read_raw(resp, timeouts, model_id, deadline)
 
     def _job(self, payload: Any, model_id: str = "") -> BatchJob:
         try:
@@ -159,10 +115,10 @@ class BatchesMixin:
             failed = int(counts.get("failed") or 0)
             total = int(counts.get("total") or 0)
         except (KeyError, TypeError, AttributeError, ValueError):
-            raise self._bad_payload("the answer is not a batch object", model_id or None) \
+            raise self.bad_payload("the answer is not a batch object", model_id or None) \
                 from None
         if not isinstance(status, str) or not isinstance(job_id, str):
-            raise self._bad_payload("the answer is not a batch object", model_id or None)
+            raise self.bad_payload("the answer is not a batch object", model_id or None)
         if status == "completed" and failed and not completed:
             status = "failed"
         return BatchJob(job_id=job_id, status=status, model=model_id, provider=self.name,
@@ -199,7 +155,7 @@ class BatchesMixin:
                                     f"multipart/form-data; boundary={boundary}")
         file_id = uploaded.get("id") if isinstance(uploaded, dict) else None
         if not isinstance(file_id, str):
-            raise self._bad_payload("the upload answer is not a file object", model.id)
+            raise self.bad_payload("the upload answer is not a file object", model.id)
         body = {"input_file_id": file_id, "endpoint": BATCH_ENDPOINT, "completion_window": "24h"}
         try:
             created = await self._call("POST", self._api("batches"), self._dumps(body),
@@ -275,7 +231,7 @@ class BatchesMixin:
                 response = item.get("response")
                 error = item.get("error")
             except (ValueError, KeyError, TypeError, AttributeError):
-                raise self._bad_payload("a batch output line is not a request output object",
+                raise self.bad_payload("a batch output line is not a request output object",
                                         model.id) from None
             if index is None:
                 continue  # not a line of a batch this adapter created
@@ -300,7 +256,7 @@ class BatchesMixin:
                                                model_id=model.id)
             return ProviderError(text, provider_id=self.name, model_id=model.id,
                                  retryable=False)
-        return self._bad_payload("a batch output line has neither a response nor an error",
+        return self.bad_payload("a batch output line has neither a response nor an error",
                                  model.id)
 
     def _completion(
@@ -312,7 +268,7 @@ class BatchesMixin:
             choice = payload["choices"][0]
             message = choice["message"]
         except (KeyError, IndexError, TypeError):
-            return self._bad_payload("a batch response has no choices[0].message", model.id)
+            return self.bad_payload("a batch response has no choices[0].message", model.id)
         return CompletionResponse(
             content=message.get("content") or "",
             model=model.id,

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from yarl import URL
 
 from modelmesh_core.errors import ProviderError
+from modelmesh_core.http import HTTPAdapter, call_window
 from modelmesh_core.operations import (
     GeneratedImage,
     ImageRequest,
@@ -46,7 +47,6 @@ from modelmesh_core.types import Model, RateLimitInfo, Timeouts
 __all__ = ["OperationsMixin", "encode_multipart"]
 
 _AUDIO_TYPES = ("audio/", "application/octet-stream")
-_CHUNK = 64 * 1024
 
 
 def encode_multipart(
@@ -93,36 +93,21 @@ def _token_usage(raw: Any) -> dict[str, int]:
             "total_tokens": int(raw.get("total_tokens") or prompt + completion)}
 
 
-class OperationsMixin:
+class OperationsMixin(HTTPAdapter):
     """Images, speech, transcription / translation and moderation over the adapter's
     transport (see the module docstring)."""
 
     # What the mixin uses of the adapter it is mixed into.
-    name: str
-    base_url: str
     _azure_deployments: bool
     _query: str
     _headers: list[dict[str, str]]
     _op_urls: dict[tuple[str, str], URL]
-    _dumps: Callable[[Any], bytes]
 
     if TYPE_CHECKING:
         async def _send(self, method: str, url: URL, data: bytes | None, timeouts: Timeouts,
                         model_id: str | None, start: float, deadline: float | None,
                         stream: bool, *, headers: list[dict[str, str]] | None = None,
                         ) -> aiohttp.ClientResponse: ...
-
-        async def _read_body(self, resp: aiohttp.ClientResponse, timeouts: Timeouts,
-                             model_id: str | None, deadline: float | None) -> Any: ...
-
-        def _bad_payload(self, problem: str, model_id: str | None,
-                         status: int | None = 200) -> ProviderError: ...
-
-        def _timeout_error(self, phase: str, model_id: str | None,
-                           timeouts: Timeouts) -> ProviderError: ...
-
-        def _transport_error(self, exc: BaseException, model_id: str | None, *,
-                             interrupted: bool = False) -> ProviderError: ...
 
         @staticmethod
         def _rate_limit(resp: aiohttp.ClientResponse) -> RateLimitInfo | None: ...
@@ -146,49 +131,16 @@ class OperationsMixin:
 
     # ------------------------------------------------------------------ helpers
 
-    def _deadline(self, timeouts: Timeouts) -> tuple[float, float | None]:
-        start = asyncio.get_running_loop().time()
-        return start, (start + timeouts.total if timeouts.total is not None else None)
-
     async def _json_call(self, model: Model, path: str, body: dict[str, Any],
                          timeouts: Timeouts) -> tuple[Any, aiohttp.ClientResponse, float]:
         await self._prepare_call()
-        start, deadline = self._deadline(timeouts)
+        start, deadline = call_window(timeouts)
         resp = await self._send("POST", self._op_url(model.upstream_id, path),
                                 self._dumps(body), timeouts, model.id, start, deadline, False)
-        payload = await self._read_body(resp, timeouts, model.id, deadline)
+        payload = await self.json_body(resp, timeouts, model.id, deadline)
         if not isinstance(payload, dict):
-            raise self._bad_payload("the answer is not a JSON object", model.id)
+            raise self.bad_payload("the answer is not a JSON object", model.id)
         return payload, resp, start
-
-    async def _read_bytes(self, resp: aiohttp.ClientResponse, timeouts: Timeouts,
-                          model_id: str, deadline: float | None) -> bytes:
-        """The whole body, each read bounded by ``idle`` (and the total deadline); a body
-        cut short raises a retryable error, never a truncated success."""
-        loop = asyncio.get_running_loop()
-        parts: list[bytes] = []
-        try:
-            while True:
-                when = loop.time() + timeouts.idle if timeouts.idle is not None else None
-                is_total = False
-                if deadline is not None and (when is None or deadline <= when):
-                    when, is_total = deadline, True
-                try:
-                    async with asyncio.timeout_at(when):
-                        chunk = await resp.content.read(_CHUNK)
-                except TimeoutError:
-                    resp.close()
-                    raise self._timeout_error("total" if is_total else "idle", model_id,
-                                              timeouts) from None
-                except (aiohttp.ClientError, OSError) as exc:
-                    resp.close()
-                    raise self._transport_error(exc, model_id, interrupted=True) from None
-                if not chunk:
-                    break
-                parts.append(chunk)
-        finally:
-            resp.release()
-        return b"".join(parts)
 
     # ------------------------------------------------------------------ images
 
@@ -213,9 +165,9 @@ class OperationsMixin:
                                revised_prompt=item.get("revised_prompt"))
                 for item in payload["data"])
         except (KeyError, TypeError, AttributeError):
-            raise self._bad_payload("the answer has no data[] images", model.id) from None
+            raise self.bad_payload("the answer has no data[] images", model.id) from None
         if not images or any(i.url is None and i.b64_json is None for i in images):
-            raise self._bad_payload("an image has neither url nor b64_json", model.id)
+            raise self.bad_payload("an image has neither url nor b64_json", model.id)
         usage = _token_usage(payload.get("usage"))
         usage["images"] = len(images)
         rate = self._rate_limit(resp)
@@ -241,17 +193,18 @@ class OperationsMixin:
         if request.speed is not None:
             body["speed"] = request.speed
         await self._prepare_call()
-        start, deadline = self._deadline(timeouts)
+        start, deadline = call_window(timeouts)
         resp = await self._send("POST", self._op_url(model.upstream_id, "audio/speech"),
                                 self._dumps(body), timeouts, model.id, start, deadline, False)
         ctype = resp.headers.get("Content-Type", "")
         if not ctype.startswith(_AUDIO_TYPES):
             resp.close()
-            raise self._bad_payload(f"expected audio, got content type {ctype or 'none'!r}",
+            raise self.bad_payload(f"expected audio, got content type {ctype or 'none'!r}",
                                     model.id)
-        audio = await self._read_bytes(resp, timeouts, model.id, deadline)
+        audio = await self.read_chunked(resp, timeouts, model.id, deadline,
+                                        interrupted=True)
         if not audio:
-            raise self._bad_payload("the audio answer is empty", model.id)
+            raise self.bad_payload("the audio answer is empty", model.id)
         rate = self._rate_limit(resp)
         return SpeechResponse(
             audio=audio, content_type=ctype.split(";")[0].strip(), model=model.id,
@@ -283,7 +236,7 @@ class OperationsMixin:
                      request.content_type or "application/octet-stream"))
         path = "audio/translations" if request.translate else "audio/transcriptions"
         await self._prepare_call()
-        start, deadline = self._deadline(timeouts)
+        start, deadline = call_window(timeouts)
         headers = [{**h, "Content-Type": ctype} for h in self._headers]
         resp = await self._send("POST", self._op_url(model.upstream_id, path), data, timeouts,
                                 model.id, start, deadline, False, headers=headers)
@@ -296,13 +249,13 @@ class OperationsMixin:
             got = resp.headers.get("Content-Type", "")
             if "json" in got or "html" in got:
                 resp.close()
-                raise self._bad_payload(f"expected text, got content type {got!r}", model.id)
-            text = (await self._read_bytes(resp, timeouts, model.id, deadline)).decode(
-                "utf-8", "replace")
+                raise self.bad_payload(f"expected text, got content type {got!r}", model.id)
+            raw = await self.read_chunked(resp, timeouts, model.id, deadline, interrupted=True)
+            text = raw.decode("utf-8", "replace")
         else:
-            payload = await self._read_body(resp, timeouts, model.id, deadline)
+            payload = await self.json_body(resp, timeouts, model.id, deadline)
             if not isinstance(payload, dict) or not isinstance(payload.get("text"), str):
-                raise self._bad_payload("the answer has no text", model.id)
+                raise self.bad_payload("the answer has no text", model.id)
             text = payload["text"]
             usage = _token_usage(payload.get("usage"))
             language = payload.get("language")
@@ -341,7 +294,7 @@ class OperationsMixin:
                 )
                 for item in payload["results"])
         except (KeyError, TypeError, ValueError, AttributeError):
-            raise self._bad_payload("the answer has no results[] verdicts", model.id) from None
+            raise self.bad_payload("the answer has no results[] verdicts", model.id) from None
         expected = len(request.input) if isinstance(request.input, list) else 1
         if len(results) != expected:
             raise ProviderError(
