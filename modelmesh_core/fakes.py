@@ -45,9 +45,7 @@ daemon thread::
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import enum
 import functools
 import hashlib
@@ -56,9 +54,7 @@ import math
 import random
 import re
 import struct
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
@@ -67,6 +63,7 @@ from aiohttp import web
 from attrs import define, evolve, field, frozen
 
 from . import fakebatches as _fakebatches
+from .fakebase import FakeServer
 from .fakebatches import BatchRun, FilesBatchesMixin
 
 __all__ = [
@@ -539,7 +536,7 @@ class _Window:
 # --------------------------------------------------------------------------- server
 
 
-class FakeUpstream(FilesBatchesMixin):
+class FakeUpstream(FilesBatchesMixin, FakeServer[Behaviour, RecordedCall]):
     """A local fake OpenAI upstream over real HTTP.
 
     Args:
@@ -558,6 +555,8 @@ class FakeUpstream(FilesBatchesMixin):
         calls: every request received, in order (:class:`RecordedCall`).
         default: the fallback behaviour; assign to change it.
     """
+
+    server_name = "FakeUpstream"
 
     def __init__(
         self,
@@ -578,36 +577,16 @@ class FakeUpstream(FilesBatchesMixin):
         self.embedding_dim = embedding_dim
         self.rpm_limit = rpm_limit
         self.tpm_limit = tpm_limit
-        self._initial_default: Behaviour = default if default is not None else Reply()
-        self.default: Behaviour = self._initial_default
+        super().__init__(default=default if default is not None else Reply(), host=host,
+                         port=port)
         self.clock = clock
         self.prefill = Prefill(prefill)
-        self.calls: list[RecordedCall] = []
-        self._host = host
-        self._port = port
-        self._queue: deque[Behaviour] = deque()
         self._state: dict[int, tuple[Behaviour, Any]] = {}
         self._window = _Window(start=clock())
         self._ids = itertools.count(1)
-        self._runner: web.AppRunner | None = None
-        self._closing: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._init_batches()
 
     # ------------------------------------------------------------------ public API
-
-    @property
-    def port(self) -> int:
-        """The bound port (after :meth:`start`; kept after :meth:`stop`, for refused calls)."""
-        if not self._port:
-            raise RuntimeError("FakeUpstream has no port yet; call start() first")
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT`` (no path)."""
-        return f"http://{self._host}:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -619,31 +598,15 @@ class FakeUpstream(FilesBatchesMixin):
         """The Azure OpenAI style base, ``http://127.0.0.1:PORT/openai``."""
         return f"{self.url}/openai"
 
-    def script(self, *behaviours: Behaviour) -> None:
-        """Queue behaviours; each answers one request, in order, before :attr:`default`."""
-        self._queue.extend(behaviours)
-
-    @property
-    def pending(self) -> int:
-        """How many scripted behaviours have not been consumed yet."""
-        return len(self._queue)
-
     def reset(self) -> None:
         """Forget calls, the script, behaviour state, rate windows, files and batches; restore
         the defaults."""
-        self.calls.clear()
-        self._queue.clear()
+        super().reset()
         self._state.clear()
         self._window = _Window(start=self.clock())
-        self.default = self._initial_default
         self._reset_batches()
 
-    async def start(self) -> FakeUpstream:
-        """Start listening; returns ``self``."""
-        if self._runner is not None:
-            return self
-        self._closing = asyncio.Event()
-        app = web.Application(client_max_size=32 * 1024 * 1024)
+    def _routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
@@ -656,96 +619,8 @@ class FakeUpstream(FilesBatchesMixin):
         app.router.add_post("/openai/deployments/{deployment}/embeddings", self._embeddings)
         app.router.add_get("/openai/models", self._models)
         self._add_batch_routes(app)
-        app.router.add_route("*", "/{tail:.*}", self._not_found)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
-        await site.start()
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or ()
-        for sock in sockets:
-            self._port = sock.getsockname()[1]
-            break
-        self._runner = runner
-        return self
-
-    async def stop(self) -> None:
-        """Stop listening; requests still waiting (``Silent``, stalls) are released first."""
-        runner, self._runner = self._runner, None
-        if runner is None:
-            return
-        if self._closing is not None:
-            self._closing.set()
-        await runner.cleanup()
-
-    async def __aenter__(self) -> FakeUpstream:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def start_in_thread(self, timeout: float = 10.0) -> FakeUpstream:
-        """Run the server on its own event loop in a daemon thread; returns ``self``."""
-        if self._thread is not None:
-            return self
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self.start())
-            except BaseException as exc:  # reported to the starting thread
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
-
-        thread = threading.Thread(target=run, name="modelmesh-fake-upstream", daemon=True)
-        thread.start()
-        if not ready.wait(timeout):
-            raise RuntimeError("FakeUpstream did not start in time")
-        if failure:
-            thread.join(timeout)
-            raise failure[0]
-        self._thread, self._loop = thread, loop
-        return self
-
-    def stop_thread(self, timeout: float = 10.0) -> None:
-        """Stop a server started with :meth:`start_in_thread` and join its thread."""
-        thread, loop = self._thread, self._loop
-        if thread is None or loop is None:
-            return
-        self._thread = self._loop = None
-        asyncio.run_coroutine_threadsafe(self.stop(), loop).result(timeout)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout)
-
-    @classmethod
-    @contextlib.contextmanager
-    def running_in_thread(cls, **kwargs: Any) -> Iterator[FakeUpstream]:
-        """Context manager: a new fake (``kwargs`` as for the constructor) in its own thread."""
-        fake = cls(**kwargs)
-        fake.start_in_thread()
-        try:
-            yield fake
-        finally:
-            fake.stop_thread()
 
     # ------------------------------------------------------------------ dispatch
-
-    def _next(self) -> tuple[Behaviour, bool]:
-        try:
-            return self._queue.popleft(), True
-        except IndexError:
-            return self.default, False
 
     def _resolve(self, behaviour: Behaviour) -> Behaviour:
         while True:
@@ -880,17 +755,6 @@ class FakeUpstream(FilesBatchesMixin):
             headers=out,
             content_type="application/json",
         )
-
-    async def _pause(self, seconds: float) -> None:
-        if seconds <= 0 or self._closing is None:
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._closing.wait()
-
-    async def _hang(self) -> None:
-        if self._closing is not None:
-            await self._closing.wait()
 
     async def _common(
         self, request: web.Request, behaviour: Behaviour, headers: dict[str, str]

@@ -32,7 +32,6 @@ is a Cohere value (``"MAX_TOKENS"``, ``"ERROR"``, …)::
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import math
@@ -197,30 +196,11 @@ class FakeCohere(FakeUpstream):
 
     # ------------------------------------------------------------------ server
 
-    async def start(self) -> FakeCohere:
-        """Start listening; returns ``self``."""
-        if self._runner is not None:  # type: ignore[has-type]
-            return self
-        self._closing = asyncio.Event()
-        app = web.Application(client_max_size=32 * 1024 * 1024)
+    def _routes(self, app: web.Application) -> None:
         app.router.add_post("/v2/chat", self._cohere_chat)
         app.router.add_post("/v2/embed", self._cohere_embed)
         app.router.add_post("/v2/rerank", self._cohere_rerank)
         app.router.add_get("/v1/models", self._cohere_models)
-        app.router.add_route("*", "/{tail:.*}", self._not_found)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)  # type: ignore[has-type]
-        await site.start()
-        server = getattr(site, "_server", None)
-        for sock in getattr(server, "sockets", None) or ():
-            self._port = sock.getsockname()[1]
-            break
-        self._runner = runner
-        return self
-
-    async def __aenter__(self) -> FakeCohere:
-        return await self.start()
 
     # ------------------------------------------------------------------ protocol details
 

@@ -23,7 +23,6 @@ Plain replies are OpenAI-shaped without Azure's filter annotations (clients igno
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -147,12 +146,7 @@ class FakeAzureOpenAI(FakeUpstream):
         """The resource endpoint (what ``AZURE_OPENAI_ENDPOINT`` holds)."""
         return self.url
 
-    async def start(self) -> FakeAzureOpenAI:
-        """Start listening; returns ``self``."""
-        if self._runner is not None:  # type: ignore[has-type]
-            return self
-        self._closing = asyncio.Event()
-        app = web.Application(client_max_size=32 * 1024 * 1024)
+    def _routes(self, app: web.Application) -> None:
         route = "/openai/deployments/{deployment}"
         app.router.add_post(f"{route}/chat/completions", self._deployment(self._chat))
         app.router.add_post(f"{route}/embeddings", self._deployment(self._embeddings))
@@ -160,20 +154,6 @@ class FakeAzureOpenAI(FakeUpstream):
         app.router.add_post("/openai/v1/chat/completions", self._v1(self._chat))
         app.router.add_post("/openai/v1/embeddings", self._v1(self._embeddings))
         app.router.add_get("/openai/v1/models", self._models)
-        app.router.add_route("*", "/{tail:.*}", self._not_found)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)  # type: ignore[has-type]
-        await site.start()
-        server = getattr(site, "_server", None)
-        for sock in getattr(server, "sockets", None) or ():
-            self._port = sock.getsockname()[1]
-            break
-        self._runner = runner
-        return self
-
-    async def __aenter__(self) -> FakeAzureOpenAI:
-        return await self.start()
 
     # ------------------------------------------------------------------ routing
 
