@@ -37,12 +37,9 @@ streaming guide, errors page, batch processing guide), replayed byte for byte wi
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import re
 import time
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
@@ -50,6 +47,8 @@ from typing import Any, TypeAlias
 import orjson
 from aiohttp import web
 from attrs import define, field, frozen
+
+from modelmesh_core.fakebase import FakeServer
 
 __all__ = [
     "DOC_BATCH",
@@ -497,7 +496,7 @@ def _drop(request: web.Request) -> None:
 # --------------------------------------------------------------------------- server
 
 
-class FakeAnthropic:
+class FakeAnthropic(FakeServer[Behaviour, RecordedCall]):
     """A local fake of Anthropic's API over real HTTP.
 
     Args:
@@ -511,6 +510,8 @@ class FakeAnthropic:
     Attributes:
         calls: every request received, in order (:class:`RecordedCall`).
     """
+
+    server_name = "FakeAnthropic"
 
     def __init__(
         self,
@@ -531,94 +532,33 @@ class FakeAnthropic:
         self.batch_polls = batch_polls
         self.rpm_limit = rpm_limit
         self.tpm_limit = tpm_limit
-        self._initial_default: Behaviour = default if default is not None else Reply()
-        self.default: Behaviour = self._initial_default
-        self.calls: list[RecordedCall] = []
+        super().__init__(default=default if default is not None else Reply(), host=host,
+                         port=port)
         self.batches: dict[str, _Batch] = {}
-        self._host = host
-        self._port = port
-        self._queue: deque[Behaviour] = deque()
         self._ids = itertools.count(1)
         self._requests = 0
-        self._runner: web.AppRunner | None = None
-        self._closing: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ public API
-
-    @property
-    def port(self) -> int:
-        """The bound port (after :meth:`start`)."""
-        if not self._port:
-            raise RuntimeError("FakeAnthropic has no port yet; call start() first")
-        return self._port
 
     @property
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT``, as the anthropic SDK and the adapter take it."""
         return f"http://{self._host}:{self.port}"
 
-    def script(self, *behaviours: Behaviour) -> None:
-        """Queue behaviours; each answers one request, in order, before :attr:`default`."""
-        self._queue.extend(behaviours)
-
-    @property
-    def pending(self) -> int:
-        """Scripted behaviours not consumed yet."""
-        return len(self._queue)
-
     def reset(self) -> None:
         """Forget calls, script, batches; restore the default."""
-        self.calls.clear()
-        self._queue.clear()
+        super().reset()
         self.batches.clear()
-        self.default = self._initial_default
 
-    async def start(self) -> FakeAnthropic:
-        """Start listening; returns ``self``."""
-        if self._runner is not None:
-            return self
-        self._closing = asyncio.Event()
-        app = web.Application(client_max_size=32 * 1024 * 1024)
+    def _routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/messages/batches", self._batch_create)
         app.router.add_get("/v1/messages/batches/{id}", self._batch_get)
         app.router.add_get("/v1/messages/batches/{id}/results", self._batch_results)
         app.router.add_post("/v1/messages/batches/{id}/cancel", self._batch_cancel)
-        app.router.add_route("*", "/{tail:.*}", self._not_found)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
-        await site.start()
-        server = getattr(site, "_server", None)
-        for sock in getattr(server, "sockets", None) or ():
-            self._port = sock.getsockname()[1]
-            break
-        self._runner = runner
-        return self
-
-    async def stop(self) -> None:
-        """Stop listening; requests still waiting are released first."""
-        runner, self._runner = self._runner, None
-        if runner is None:
-            return
-        if self._closing is not None:
-            self._closing.set()
-        await runner.cleanup()
-
-    async def __aenter__(self) -> FakeAnthropic:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # ------------------------------------------------------------------ plumbing
-
-    def _next(self) -> Behaviour:
-        try:
-            return self._queue.popleft()
-        except IndexError:
-            return self.default
 
     def _headers(self) -> dict[str, str]:
         self._requests += 1
@@ -667,7 +607,7 @@ class FakeAnthropic:
                 body = None
         headers = self._headers()
         failure = self._check(request, raw, body)
-        behaviour = failure if failure is not None else (self._next() if scripted else Reply())
+        behaviour = failure if failure is not None else (self._next()[0] if scripted else Reply())
         self.calls.append(
             RecordedCall(
                 path=request.path,
@@ -715,17 +655,6 @@ class FakeAnthropic:
             if isinstance(text, str) and text != text.rstrip():
                 return Fail(400, message=_TRAILING_WS)
         return None
-
-    async def _pause(self, seconds: float) -> None:
-        if seconds <= 0 or self._closing is None:
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._closing.wait()
-
-    async def _hang(self) -> None:
-        if self._closing is not None:
-            await self._closing.wait()
 
     # ------------------------------------------------------------------ endpoints
 
@@ -940,7 +869,7 @@ class FakeAnthropic:
         results: list[tuple[str, dict[str, Any]]] = []
         for item in items:
             params = item.get("params") if isinstance(item, dict) else None
-            behaviour = self._next()
+            behaviour = self._next()[0]
             problem = self._check_message(params)
             if problem is None and isinstance(behaviour, Fail):
                 problem = behaviour
