@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import itertools
 import random
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from modelmesh_core.fakebase import FakeServer
 from modelmesh_core.fakes import (
     CutStream,
     Fail,
@@ -59,7 +57,7 @@ DEFAULT_GEMINI_MODELS: tuple[str, ...] = (
 
 
 
-class FakeGemini:
+class FakeGemini(FakeServer[GeminiBehaviour, GeminiCall]):
     """A local fake Gemini API over real HTTP.
 
     Args:
@@ -78,6 +76,8 @@ class FakeGemini:
         default: the fallback behaviour; assign to change it.
     """
 
+    server_name = "FakeGemini"
+
     def __init__(
         self,
         *,
@@ -93,96 +93,30 @@ class FakeGemini:
         self.api_keys: frozenset[str] | None = None if api_keys is None else frozenset(api_keys)
         self.models = None if models is None else tuple(models)
         self.embedding_dim = embedding_dim
-        self._initial_default: GeminiBehaviour = default if default is not None else Reply()
-        self.default: GeminiBehaviour = self._initial_default
-        self.calls: list[GeminiCall] = []
+        super().__init__(default=default if default is not None else Reply(), host=host,
+                         port=port)
         self._eol = sse_newline.encode()
         self.max_page_size = max_page_size
-        self._host = host
-        self._port = port
-        self._queue: deque[GeminiBehaviour] = deque()
         self._rngs: dict[int, tuple[Flaky, random.Random]] = {}
         self._ids = itertools.count(1)
-        self._runner: web.AppRunner | None = None
-        self._closing: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ public API
-
-    @property
-    def port(self) -> int:
-        """The bound port (after :meth:`start`)."""
-        if not self._port:
-            raise RuntimeError("FakeGemini has no port yet; call start() first")
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT`` (no path)."""
-        return f"http://{self._host}:{self.port}"
 
     @property
     def base_url(self) -> str:
         """What the adapter's ``base_url`` takes: ``http://127.0.0.1:PORT/v1beta``."""
         return f"{self.url}/v1beta"
 
-    def script(self, *behaviours: GeminiBehaviour) -> None:
-        """Queue behaviours; each answers one request, in order, before :attr:`default`."""
-        self._queue.extend(behaviours)
-
-    @property
-    def pending(self) -> int:
-        """How many scripted behaviours have not been consumed yet."""
-        return len(self._queue)
-
     def reset(self) -> None:
         """Forget calls, the script and behaviour state; restore the default."""
-        self.calls.clear()
-        self._queue.clear()
+        super().reset()
         self._rngs.clear()
-        self.default = self._initial_default
 
-    async def start(self) -> FakeGemini:
-        """Start listening; returns ``self``."""
-        if self._runner is not None:
-            return self
-        self._closing = asyncio.Event()
-        app = web.Application(client_max_size=32 * 1024 * 1024)
+    def _routes(self, app: web.Application) -> None:
         app.router.add_get("/v1beta/models", self._list_models)
         app.router.add_post("/v1beta/{target:.+}", self._post)
-        app.router.add_route("*", "/{tail:.*}", self._not_found)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
-        await site.start()
-        server = getattr(site, "_server", None)
-        for sock in getattr(server, "sockets", None) or ():
-            self._port = sock.getsockname()[1]
-            break
-        self._runner = runner
-        return self
-
-    async def stop(self) -> None:
-        """Stop listening; requests still waiting (``Silent``, stalls) are released first."""
-        runner, self._runner = self._runner, None
-        if runner is None:
-            return
-        if self._closing is not None:
-            self._closing.set()
-        await runner.cleanup()
-
-    async def __aenter__(self) -> FakeGemini:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # ------------------------------------------------------------------ dispatch
-
-    def _next(self) -> tuple[GeminiBehaviour, bool]:
-        try:
-            return self._queue.popleft(), True
-        except IndexError:
-            return self.default, False
 
     def _resolve(self, behaviour: Any) -> GeminiBehaviour:
         while isinstance(behaviour, Flaky):
@@ -264,17 +198,6 @@ class FakeGemini:
             content_type="application/json",
             charset="UTF-8",
         )
-
-    async def _pause(self, seconds: float) -> None:
-        if seconds <= 0 or self._closing is None:
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._closing.wait()
-
-    async def _hang(self) -> None:
-        if self._closing is not None:
-            await self._closing.wait()
 
     async def _common(self, behaviour: GeminiBehaviour, model: str) -> web.StreamResponse | None:
         """Answer the behaviours that do not depend on the endpoint; None for the rest."""
