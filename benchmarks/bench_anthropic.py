@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import orjson
+from benchlib import bare_stream, pct, serve_fakes, upstream_process
 
 KEY = "sk-bench-0000000000"
 perf_ns = time.perf_counter_ns
@@ -48,68 +45,10 @@ def serve(words: int) -> None:
 
     from modelmesh_core.fakes import FakeUpstream, Reply
 
-    async def main() -> None:
-        anthropic = FakeAnthropic(default=AReply(text(words)), rpm_limit=10**9)
-        openai = FakeUpstream(default=Reply(text(words)), rpm_limit=10**9, tpm_limit=10**12)
-        await anthropic.start()
-        await openai.start()
-
-        async def trim() -> None:
-            while True:
-                await asyncio.sleep(1.0)
-                anthropic.calls.clear()
-                openai.calls.clear()
-
-        trimmer = asyncio.get_running_loop().create_task(trim())
-        print(json.dumps({"anthropic": anthropic.base_url, "openai": openai.base_url}),
-              flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-        trimmer.cancel()
-        await anthropic.stop()
-        await openai.stop()
-
-    asyncio.run(main())
-
-
-@contextlib.contextmanager
-def upstreams(words: int) -> Iterator[dict[str, str]]:
-    proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--serve", str(words)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the upstream process did not start")
-        yield json.loads(line)
-    finally:
-        if proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def pct(values: list[float], q: float) -> float:
-    data = sorted(values)
-    return data[min(len(data) - 1, max(0, round(q * (len(data) - 1))))]
-
-
-async def bare_stream(session: aiohttp.ClientSession, url: str, body: bytes,
-                      headers: dict[str, str]) -> int:
-    events = 0
-    async with session.post(url, data=body, headers=headers) as resp:
-        async for line in resp.content:
-            if line.startswith(b"data:"):
-                payload = line[5:].strip()
-                if payload != b"[DONE]":
-                    orjson.loads(payload)
-                    events += 1
-    return events
+    fakes = {"anthropic": FakeAnthropic(default=AReply(text(words)), rpm_limit=10**9),
+             "openai": FakeUpstream(default=Reply(text(words)), rpm_limit=10**9,
+                                    tpm_limit=10**12)}
+    asyncio.run(serve_fakes(fakes))
 
 
 async def measure(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, Any]:
@@ -235,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.n, args.warmup = 60, 10
-    with upstreams(args.words) as urls:
+    with upstream_process(__file__, ["--serve", str(args.words)]) as urls:
         res = asyncio.run(measure(args, urls))
     if args.json:
         print(json.dumps(res, indent=2))

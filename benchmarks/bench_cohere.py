@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
-import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
 import orjson
+from benchlib import bare_stream, interleaved, pct, serve_fakes, upstream_process
 
 KEY = "bench-key-0000000000"
 MESSAGES = [{"role": "user", "content": "Say many words."}]
@@ -43,86 +40,10 @@ def serve(words: int) -> None:
 
     text = " ".join(f"w{i}" for i in range(words))
 
-    async def main() -> None:
-        cohere = FakeCohere(default=Reply(text))
-        openai = FakeUpstream(default=Reply(text), rpm_limit=10**9, tpm_limit=10**12)
-        await cohere.start()
-        await openai.start()
-
-        async def trim() -> None:
-            while True:
-                await asyncio.sleep(1.0)
-                cohere.calls.clear()
-                openai.calls.clear()
-
-        task = asyncio.get_running_loop().create_task(trim())
-        print(json.dumps({"cohere": cohere.url, "openai": openai.base_url}), flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-        task.cancel()
-        await cohere.stop()
-        await openai.stop()
-
-    asyncio.run(main())
-
-
-@contextlib.contextmanager
-def upstream_process(words: int) -> Iterator[dict[str, str]]:
-    proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--serve", str(words)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the upstream process did not start")
-        yield json.loads(line)
-    finally:
-        if proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
-
-
-async def interleaved(
-    a: Callable[[], Awaitable[float]], b: Callable[[], Awaitable[float]], n: int, warmup: int
-) -> tuple[list[float], list[float]]:
-    for _ in range(warmup):
-        await a()
-        await b()
-    xs: list[float] = []
-    ys: list[float] = []
-    for i in range(n):
-        if i & 1:
-            ys.append(await b())
-            xs.append(await a())
-        else:
-            xs.append(await a())
-            ys.append(await b())
-    return xs, ys
-
-
-async def bare_stream(session: aiohttp.ClientSession, url: str, body: bytes,
-                      headers: dict[str, str]) -> int:
-    """Read an SSE body: split lines, decode every ``data:`` payload; return the event count."""
-    events = 0
-    async with session.post(url, data=body, headers=headers) as resp:
-        async for line in resp.content:
-            if line.startswith(b"data:"):
-                payload = line[5:].strip()
-                if payload != b"[DONE]":
-                    orjson.loads(payload)
-                    events += 1
-    return events
+    fakes = {"cohere": FakeCohere(default=Reply(text)),
+             "openai": FakeUpstream(default=Reply(text), rpm_limit=10**9, tpm_limit=10**12)}
+    asyncio.run(serve_fakes(
+        fakes, url=lambda name, fake: fake.url if name == "cohere" else fake.base_url))
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -135,7 +56,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     request = CompletionRequest(messages=MESSAGES, stream=True)
     timeouts = Timeouts()
     results: dict[str, Any] = {"words": args.words, "n": args.n}
-    with upstream_process(args.words) as urls:
+    with upstream_process(__file__, ["--serve", str(args.words)]) as urls:
         connector = aiohttp.TCPConnector(limit=10)
         async with aiohttp.ClientSession(connector=connector) as session:
             ctx = ProviderContext(name="bench", session=lambda: session,

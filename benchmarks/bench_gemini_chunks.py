@@ -21,20 +21,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import orjson
-from bench_router import interleaved, pct
+from benchlib import interleaved, pct, serve_fakes, upstream_process
 
 GEMINI_KEY = "AIzaSyBENCH-000000000000000000000000000"
 OPENAI_KEY = "sk-bench-0000000000"
@@ -53,51 +49,9 @@ def serve(words: int) -> None:
 
     text = " ".join(f"word{i}" for i in range(words))
 
-    async def main() -> None:
-        gemini = FakeGemini(default=Reply(text))
-        openai = FakeUpstream(default=Reply(text), rpm_limit=10**9, tpm_limit=10**12)
-        await gemini.start()
-        await openai.start()
-
-        async def trim() -> None:
-            while True:
-                await asyncio.sleep(1.0)
-                gemini.calls.clear()
-                openai.calls.clear()
-
-        trimmer = asyncio.get_running_loop().create_task(trim())
-        print(json.dumps({"gemini": gemini.base_url, "openai": openai.base_url}), flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-        trimmer.cancel()
-        await gemini.stop()
-        await openai.stop()
-
-    asyncio.run(main())
-
-
-@contextlib.contextmanager
-def upstream_process(words: int) -> Iterator[dict[str, str]]:
-    proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--serve", str(words)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the upstream process did not start (see its stderr above)")
-        yield json.loads(line)
-    finally:
-        if proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    fakes = {"gemini": FakeGemini(default=Reply(text)),
+             "openai": FakeUpstream(default=Reply(text), rpm_limit=10**9, tpm_limit=10**12)}
+    asyncio.run(serve_fakes(fakes))
 
 
 def _context(session: aiohttp.ClientSession) -> Any:
@@ -286,7 +240,7 @@ def main() -> None:
     results: dict[str, Any] = {"python": platform.python_version(), "cpus": os.cpu_count(),
                                "words": args.words, "rounds": args.rounds}
     results["in_process"] = in_process(args)
-    with upstream_process(args.words) as urls:
+    with upstream_process(__file__, ["--serve", str(args.words)]) as urls:
         results["over_http"] = asyncio.run(over_http(args, urls))
     results["seconds"] = time.perf_counter() - t0
     if args.json:

@@ -36,14 +36,14 @@ import gc
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
 import orjson
+from benchlib import interleaved, pct, serve_fakes, upstream_process
 
 API_KEY = "sk-bench-0000000000"
 MODEL = "gpt-4o-mini"
@@ -82,69 +82,17 @@ def serve_upstreams() -> None:
         cont = FakeUpstream(default=Reply(LONG_ANSWER), rpm_limit=10**9, tpm_limit=10**12,
                             prefill=Prefill.CONTINUE)
         fakes = {"ok": ok, "bad": bad, "long": long, "cut": cut, "cont": cont}
-        for fake in fakes.values():
-            await fake.start()
 
         def refill() -> None:
             if cut.pending < 1000:
                 cut.script(*[CutStream(after_words=CUT_WORDS)] * 10_000)
 
-        refill()
-        # calls are recorded forever by design (tests read them); the benchmark must not
-        # measure that growth in the upstream, so forget them now and then.
-        async def trim() -> None:
-            while True:
-                await asyncio.sleep(1.0)
-                for fake in fakes.values():
-                    fake.calls.clear()
-                refill()
-
-        trimmer = asyncio.get_running_loop().create_task(trim())
-        print(json.dumps({name: fake.base_url for name, fake in fakes.items()}), flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-        trimmer.cancel()
-        for fake in fakes.values():
-            await fake.stop()
+        await serve_fakes(fakes, tick=refill)
 
     asyncio.run(main())
 
 
-@contextlib.contextmanager
-def upstream_process() -> Iterator[dict[str, str]]:
-    """Start :func:`serve_upstreams` in a subprocess; yield ``{"ok": url, "bad": url}``."""
-    proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--serve-upstreams"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the upstream process did not start (see its stderr above)")
-        yield json.loads(line)
-    finally:
-        if proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 # --------------------------------------------------------------------------- measuring helpers
-
-
-def pct(values: list[float], q: float) -> float:
-    """The q-quantile (0..1) by nearest rank on sorted data."""
-    if not values:
-        return float("nan")
-    data = sorted(values)
-    k = min(len(data) - 1, max(0, round(q * (len(data) - 1))))
-    return data[k]
 
 
 def rss_bytes() -> int:
@@ -245,25 +193,6 @@ class PathTracer:
         return kinds
 
 
-async def interleaved(
-    a: Callable[[], Awaitable[float]], b: Callable[[], Awaitable[float]], n: int, warmup: int
-) -> tuple[list[float], list[float]]:
-    """Run ``a`` and ``b`` alternately (A B, B A, …) ``n`` times each; latencies in µs."""
-    for _ in range(warmup):
-        await a()
-        await b()
-    xs: list[float] = []
-    ys: list[float] = []
-    for i in range(n):
-        if i & 1:
-            ys.append(await b())
-            xs.append(await a())
-        else:
-            xs.append(await a())
-            ys.append(await b())
-    return xs, ys
-
-
 # --------------------------------------------------------------------------- the benchmark
 
 
@@ -318,7 +247,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "warmup": warmup,
     }
     t_start = time.perf_counter()
-    with upstream_process() as urls:
+    with upstream_process(__file__, ["--serve-upstreams"]) as urls:
         chat_url = urls["ok"] + "/chat/completions"
         body = orjson.dumps({"model": MODEL, "messages": MESSAGES})
         stream_body = orjson.dumps({"model": MODEL, "messages": MESSAGES, "stream": True})
