@@ -65,6 +65,9 @@ UNAVAILABLE = -2
 
 _SLACK = 1e-9
 
+_KEY_SPEND = BudgetConfig(daily=1e300, monthly=1e300, enforce=False)
+"""What a virtual key without a budget counts: its spend, refusing nothing."""
+
 
 @frozen
 class Counter:
@@ -388,7 +391,7 @@ class Ledger:
         self._plans: dict[str, dict[str, _Plan]] = {}
         self._alerted: set[tuple[str, int]] = set()
         self._refused: dict[str, tuple[float, bool]] = {}
-        self._vkeys: dict[str, tuple[tuple[Counter, ...], BudgetConfig | None]] = {}
+        self._vkeys: dict[str, tuple[int | None, BudgetConfig | None, tuple[Counter, ...]]] = {}
         self.sync = backend.sync
         self.budgets_active = bool(global_budget or provider_budgets or pool_budgets)
 
@@ -651,37 +654,56 @@ class Ledger:
 
     def key_counters(self, name: str, rpm: int | None,
                      budget: BudgetConfig | None) -> tuple[Counter, ...]:
-        """The counters of proxy virtual key ``name`` (cached by name and settings)."""
+        """The counters of proxy virtual key ``name``: its rpm, then its daily and monthly
+        spend (cached by name and settings; without a budget, or with ``enforce: false``,
+        spend is counted without refusing)."""
         got = self._vkeys.get(name)
-        if got is not None and got[1] is budget and (
-                (rpm is None and not any(c.window == MINUTE for c in got[0]))
-                or any(c.window == MINUTE and c.limit == rpm for c in got[0])):
-            return got[0]
+        if got is not None and got[0] == rpm and got[1] is budget:
+            return got[2]
         counters: list[Counter] = []
         if rpm is not None:
             counters.append(Counter(f"v:{name}:rpm", REQUESTS, MINUTE, float(rpm),
                                     "requests-per-minute limit reached",
                                     prefix=f"key {name!r}: "))
-        if budget is not None:
-            counters += budget_counters(f"key:{name}", budget)
+        # Spend is counted for every key (``/admin/keys``); only a budget refuses.
+        counters += budget_counters(f"key:{name}", budget if budget is not None
+                                    else _KEY_SPEND)
         out = tuple(counters)
-        self._vkeys[name] = (out, budget)
+        self._vkeys[name] = (rpm, budget, out)
         return out
+
+    def _key_budget(self, name: str, budget: BudgetConfig | None) -> tuple[Counter, ...]:
+        """The budget counters of key ``name`` (from ``budget``, else as last admitted)."""
+        if budget is not None:
+            got = self._vkeys.get(name)
+            counters = self.key_counters(name, got[0] if got is not None else None, budget)
+        else:
+            got = self._vkeys.get(name)
+            counters = got[2] if got is not None else ()
+        return tuple(c for c in counters if c.metric == COST)
 
     async def admit_key(self, name: str, rpm: int | None,
                         budget: BudgetConfig | None) -> Refusal | None:
         """Count one proxy request of virtual key ``name`` against its rpm; refuse when its
-        rpm or budget leaves no room (a budget in error mode raises)."""
+        rpm leaves no room, raise :class:`BudgetExceededError` once its enforced budget is
+        spent (reached: a request is admitted while the spend is below the budget)."""
         counters = self.key_counters(name, rpm, budget)
         if not counters:
             return None
         now = self._clock()
-        amounts = (1.0, 0.0, 0.0)
+        # The cost of the request is not known yet: it asks for the smallest amount that
+        # does not fit a budget already spent to the cent (given back at once).
+        probe = 0.0
+        if budget is not None and budget.enforce:
+            probe = 4e-9 * (1.0 + max(budget.daily or 0.0, budget.monthly or 0.0))
+        amounts = (1.0, 0.0, probe)
         if self.sync:
             index, retry = self.backend.admit(counters, amounts, now)
         else:
             index, retry = await self.backend.admit_async(counters, amounts, now)
         if index == -1:
+            if probe:
+                self.backend.adjust(counters, now, (0.0, 0.0, -probe))
             return None
         if index == UNAVAILABLE:
             return Refusal("state store unavailable (fail closed)", 1.0, limited=False)
@@ -691,23 +713,29 @@ class Ledger:
             raise BudgetExceededError(c.what, c.limit, used, scope=c.scope)
         return Refusal(c.reason(used, 1.0), retry)
 
-    def spend_key(self, name: str, cost: float) -> None:
-        """Add the cost of an answered request to virtual key ``name``'s budget."""
-        got = self._vkeys.get(name)
-        if got is None or not cost:
+    def spend_key(self, name: str, cost: float, budget: BudgetConfig | None = None) -> None:
+        """Add the cost of an answered request to virtual key ``name``'s budget (``budget``
+        its configuration; without it, the one it was last admitted with)."""
+        if not cost:
             return
-        counters = tuple(c for c in got[0] if c.metric == COST)
+        counters = self._key_budget(name, budget)
         if counters:
             self.backend.adjust(counters, self._clock(), (0.0, 0.0, cost))
 
-    def key_usage(self, name: str) -> dict[str, float]:
-        """``day_spend``, ``month_spend`` and ``minute_requests`` of virtual key ``name``."""
-        got = self._vkeys.get(name)
+    def key_usage(self, name: str, rpm: int | None = None, budget: BudgetConfig | None = None,
+                  now: float | None = None) -> dict[str, float]:
+        """``minute_requests``, ``day_spend`` and ``month_spend`` of virtual key ``name``, as
+        counted by every process sharing the store (``rpm`` / ``budget``: its settings,
+        else those it was last admitted with here), at ``now`` (default the clock)."""
+        if rpm is not None or budget is not None:
+            counters = self.key_counters(name, rpm, budget)
+        else:
+            got = self._vkeys.get(name)
+            counters = got[2] if got is not None else ()
         out = {"minute_requests": 0.0, "day_spend": 0.0, "month_spend": 0.0}
-        if got is None:
-            return out
-        now = self._clock()
-        for c in got[0]:
+        if now is None:
+            now = self._clock()
+        for c in counters:
             v = self.backend.usage(c, now)
             if c.window == MINUTE:
                 out["minute_requests"] = v

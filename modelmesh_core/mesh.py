@@ -378,10 +378,17 @@ class ModelMesh:
                 "reload", os.fspath(config) if isinstance(config, str | os.PathLike)
                 else dict(config))
 
-    def add_reload_listener(self, listener: Callable[[], Any]) -> None:
+    def add_reload_listener(self, listener: Callable[[], Any]) -> Callable[[], None]:
         """Call ``listener()`` (it may return an awaitable) after a reload that another
-        process asked for (the proxy refreshes what it computed from the configuration)."""
+        process asked for (the proxy refreshes what it computed from the configuration).
+        Returns the function that removes it."""
         self._reload_listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._reload_listeners:
+                self._reload_listeners.remove(listener)
+
+        return remove
 
     async def _remote_admin(self, action: str, arg: Any) -> None:
         """An admin action another worker or replica published."""
