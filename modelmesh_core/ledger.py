@@ -32,9 +32,11 @@ from attrs import frozen
 from .config import BudgetConfig, OnBudgetExceeded
 from .errors import BudgetExceededError
 from .events import EventEmitter, EventType
+from .quota import Cron, Maintenance, UpstreamQuota, utc_text
 from .windows import DAY, MINUTE, MONTH, ROLLING_SPAN, window_end, window_id
 
 if TYPE_CHECKING:
+    from .config import MaintenanceConfig
     from .pipeline import PipelineRequest
     from .pools import CapabilityPool
     from .state import Clock
@@ -324,6 +326,8 @@ _LIMIT_KINDS = (
     ("tpm", TOKENS, MINUTE, "tokens-per-minute limit reached"),
     ("rpd", REQUESTS, DAY, "daily request quota used"),
     ("tpd", TOKENS, DAY, "daily token quota used"),
+    ("monthly_requests", REQUESTS, MONTH, "monthly request quota used"),
+    ("monthly_tokens", TOKENS, MONTH, "monthly token quota used"),
 )
 
 
@@ -380,6 +384,7 @@ class Ledger:
         pool_budgets: Mapping[str, BudgetConfig],
         events: EventEmitter,
         clock: Clock,
+        maintenance: Mapping[str, Sequence[MaintenanceConfig]] | None = None,
     ) -> None:
         self.backend = backend
         self._providers = providers
@@ -392,6 +397,11 @@ class Ledger:
         self._alerted: set[tuple[str, int]] = set()
         self._refused: dict[str, tuple[float, bool]] = {}
         self._vkeys: dict[str, tuple[int | None, BudgetConfig | None, tuple[Counter, ...]]] = {}
+        self._maintenance = {
+            name: Maintenance([(Cron(w.cron), float(w.duration)) for w in windows])
+            for name, windows in (maintenance or {}).items() if windows}
+        self._upstream: dict[str, UpstreamQuota] = {}
+        self._gate = bool(self._maintenance)
         self.sync = backend.sync
         self.budgets_active = bool(global_budget or provider_budgets or pool_budgets)
 
@@ -500,6 +510,10 @@ class Ledger:
                 return refused
         counters = plan.counters
         now = self._clock()
+        if self._gate:
+            gated = self._gated(model, amounts[TOKENS], now)
+            if gated is not None:
+                return gated
         if not counters:
             return Reservation(counters, now, amounts[TOKENS], amounts[COST])
         index, retry = self.backend.admit(counters, amounts, now)
@@ -522,6 +536,10 @@ class Ledger:
                 return refused
         counters = plan.counters
         now = self._clock()
+        if self._gate:
+            gated = self._gated(model, amounts[TOKENS], now)
+            if gated is not None:
+                return gated
         if not counters:
             return Reservation(counters, now, amounts[TOKENS], amounts[COST])
         index, retry = await self.backend.admit_async(counters, amounts, now)
@@ -583,6 +601,10 @@ class Ledger:
             counters: Sequence[Counter] = plan.counters[len(plan.limits):]
         else:
             counters = plan.limits
+            if self._gate:
+                gated = self._gated(model, amounts[TOKENS], now, take=False)
+                if gated is not None:
+                    return gated.reason
         backend = self.backend
         for c in counters:
             amount = amounts[c.metric]
@@ -613,6 +635,14 @@ class Ledger:
         if got is None or got[0] <= now:
             return None
         return got[0]
+
+    def held(self, model_id: str, now: float) -> tuple[float, bool] | None:
+        """``(until, limited)`` for a model refused at admission until after ``now``:
+        ``limited`` False for a maintenance window (not a rate limit)."""
+        got = self._refused.get(model_id)
+        if got is None or got[0] <= now:
+            return None
+        return got
 
     def spent(self, now: float | None = None) -> dict[str, dict[str, float]]:
         """Budget spend per scope for status APIs (day and month holding ``now``, default
@@ -747,6 +777,76 @@ class Ledger:
 
     # -- upstream facts
 
-    def observe(self, model: Model, info: RateLimitInfo | None) -> None:
-        """Upstream rate-limit headers of an answer (kept for a later correction pass)."""
+    def _gated(self, model: Model, tokens: float, now: float, *,
+               take: bool = True) -> Refusal | None:
+        """A maintenance window of the model's provider, or an upstream that reported no
+        room left (``take``: count this admission against what it reported)."""
+        sched = self._maintenance.get(model.provider) if self._maintenance else None
+        if sched is not None:
+            until = sched.until(now)
+            if until is not None:
+                self._refused[model.id] = (until, False)
+                return Refusal(f"provider {model.provider!r} is in a maintenance window "
+                               f"until {utc_text(until)}", until - now, limited=False)
+        quota = self._upstream.get(model.id)
+        if quota is not None:
+            got = quota.refusal(now, tokens)
+            if got is not None:
+                self._refused[model.id] = (now + got[1], True)
+                return Refusal(got[0], got[1])
+            if take:
+                quota.take(now, tokens)
         return None
+
+    def observe(self, model: Model, info: RateLimitInfo | None, *,
+                refused: bool = False) -> None:
+        """Let an upstream's rate-limit headers correct the ledger for ``model`` (one
+        provider entry, i.e. one API key, and one upstream model).
+
+        Remaining requests / tokens and their reset times are kept (admissions are taken
+        off until the next answer replaces them; none left → the model is skipped until
+        the reset). A configured counter of the model that counts fewer than the upstream
+        says were used is raised to match — the counter whose limit equals the reported
+        limit, else the one whose window the reset time falls in — so every process
+        sharing the store learns it. ``refused``: the headers came with a 429, whose
+        ``retry-after`` then holds the model back when no reset time was given.
+        """
+        if info is None:
+            return
+        now = self._clock()
+        quota = self._upstream.get(model.id)
+        if quota is None:
+            quota = self._upstream[model.id] = UpstreamQuota()
+            self._gate = True
+        wait = info.retry_after if refused else None
+        if info.remaining_requests is not None:
+            reset = info.reset_requests if info.reset_requests is not None else wait
+            quota.requests = float(info.remaining_requests)
+            quota.requests_until = now + (reset if reset is not None else 1.0)
+            self._correct(model, REQUESTS, info.limit_requests, info.remaining_requests,
+                          reset, now)
+        if info.remaining_tokens is not None:
+            reset = info.reset_tokens if info.reset_tokens is not None else wait
+            quota.tokens = float(info.remaining_tokens)
+            quota.tokens_until = now + (reset if reset is not None else 1.0)
+            self._correct(model, TOKENS, info.limit_tokens, info.remaining_tokens,
+                          reset, now)
+        if (refused and wait is not None and info.remaining_requests is None
+                and info.remaining_tokens is None):
+            quota.requests, quota.requests_until = 0.0, now + wait
+
+    def _correct(self, model: Model, metric: int, limit: int | None, remaining: int,
+                 reset: float | None, now: float) -> None:
+        mine = [c for c in self.plan(None, model).limits
+                if c.metric == metric and c.key.startswith("m:")]
+        if not mine:
+            return
+        match = [c for c in mine if limit is not None and c.limit == limit]
+        if not match and reset is not None:
+            window = MINUTE if reset <= ROLLING_SPAN else DAY if reset <= 86400 else MONTH
+            match = [c for c in mine if c.window == window]
+        for c in match:
+            used = self.backend.usage(c, now)
+            target = c.limit - remaining
+            if target > used + 0.5:
+                self.backend.adjust((c,), now, (target - used, target - used, 0.0))

@@ -93,6 +93,7 @@ def _limits(cfg: Any) -> Limits:
     if cfg is None:
         return Limits()
     return Limits(rpm=cfg.rpm, tpm=cfg.tpm, rpd=cfg.rpd, tpd=cfg.tpd,
+                  monthly_requests=cfg.monthly_requests, monthly_tokens=cfg.monthly_tokens,
                   reset_hour=cfg.reset_hour, free=cfg.free)
 
 
@@ -776,6 +777,7 @@ class _Builder:
                               if p.budget is not None},
             pool_budgets={n: p.budget for n, p in cfg.pools.items() if p.budget is not None},
             events=events, clock=clock,
+            maintenance={n: p.maintenance for n, p in cfg.providers.items() if p.maintenance},
         )
         budgets = BudgetTracker(ledger)
         operations = dict(reg.operations)

@@ -158,7 +158,9 @@ class Limits:
     """Configured rate limits and free-tier quotas; None means unlimited.
 
     ``rpm`` / ``tpm`` count a rolling minute; ``rpd`` / ``tpd`` the day starting at
-    ``reset_hour`` UTC (0: midnight UTC; providers that reset at another hour say so).
+    ``reset_hour`` UTC (0: midnight UTC; providers that reset at another hour say so);
+    ``monthly_requests`` / ``monthly_tokens`` the calendar month (from ``reset_hour`` on
+    the 1st).
     ``free`` marks the quotas as a free tier (the free-tier strategy spends these first).
     """
 
@@ -166,8 +168,16 @@ class Limits:
     tpm: int | None = None
     rpd: int | None = None
     tpd: int | None = None
+    monthly_requests: int | None = None
+    monthly_tokens: int | None = None
     reset_hour: float = 0.0
     free: bool = False
+
+    @property
+    def quotas(self) -> bool:
+        """Whether any limit is set."""
+        return any(v is not None for v in (self.rpm, self.tpm, self.rpd, self.tpd,
+                                           self.monthly_requests, self.monthly_tokens))
 
 
 @frozen(kw_only=True)
