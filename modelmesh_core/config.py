@@ -237,6 +237,7 @@ class ProviderConfig:
     timeout: TimeoutConfig | None = None
     retry: ProviderRetryConfig | None = None
     maintenance: tuple[MaintenanceConfig, ...] = ()
+    free_tier: bool = False
 
 
 @frozen(kw_only=True)

@@ -53,6 +53,7 @@ from .operations import serving_operations
 from .pipeline import PipelineContext, RoutingPipeline
 from .plugins import PluginRegistry, load_plugins
 from .pools import CandidateFilter, CapabilityPool, Services
+from .quota import catalogue_limits
 from .redaction import SecretStr, register_secret
 from .rotation import RotationManager
 from .router import Router
@@ -1013,7 +1014,9 @@ class _Builder:
                 context_window=mc.context_window or (info.context_window if info else None),
                 max_output_tokens=mc.max_output_tokens or (
                     info.max_output_tokens if info else None),
-                pricing=pricing, limits=_limits(mc.limits), priority=mc.priority,
+                pricing=pricing, priority=mc.priority,
+                limits=_limits(mc.limits) if mc.limits is not None else catalogue_limits(
+                    info, cfg.providers.get(provider)),
                 weight=mc.weight,
             )
         for name in providers:
@@ -1025,6 +1028,9 @@ class _Builder:
                     continue
                 mid = f"{name}.{info.name}"
                 models[mid] = self._from_catalogue(mid, name, info, caps)
+                if info.free_limits is not None:
+                    models[mid] = attrs.evolve(models[mid], limits=catalogue_limits(
+                        info, cfg.providers.get(name)))
         return models
 
     @staticmethod

@@ -17,8 +17,18 @@ from __future__ import annotations
 import calendar
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-__all__ = ["Cron", "CronError", "Maintenance", "UpstreamQuota", "cron_error"]
+from .types import Limits
+
+if TYPE_CHECKING:
+    from .config import ProviderConfig
+    from .types import ModelInfo
+
+__all__ = ["Cron", "CronError", "Maintenance", "UpstreamQuota", "catalogue_limits",
+           "cron_error"]
+
+_NO_LIMITS = Limits()
 
 _DOW = {"sun": 0, "mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6}
 _MON = {m: i for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug",
@@ -209,3 +219,12 @@ def utc_text(ts: float) -> str:
 def timegm(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> float:
     """Epoch seconds of a UTC date and time (for tests and the simulator)."""
     return float(calendar.timegm((year, month, day, hour, minute, 0)))
+
+
+def catalogue_limits(info: ModelInfo | None, provider: ProviderConfig | None) -> Limits:
+    """A model's limits when its configuration sets none: the catalogue's published free-tier
+    quotas when its provider is configured with ``free_tier: true``, else none."""
+    if info is not None and info.free_limits is not None and provider is not None \
+            and provider.free_tier:
+        return info.free_limits
+    return _NO_LIMITS

@@ -206,6 +206,9 @@ class ModelInfo:
     context_window: int | None = None
     max_output_tokens: int | None = None
     pricing: Pricing = Factory(Pricing)
+    free_limits: Limits | None = None
+    """The provider's published free-tier quotas for this model (``free`` set), used when
+    the provider is configured with ``free_tier: true`` and the model sets no limits."""
 
 
 @frozen(kw_only=True)
