@@ -9,9 +9,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from modelmesh_core import CompletionRequest, ConfigError, ModelMesh, NoActiveModelError
+from modelmesh_core import CompletionRequest, ConfigError, NoActiveModelError
 from modelmesh_core.fakes import ManualClock, RateLimited, Reply
 from modelmesh_core.ledger import Refusal
+from modelmesh_core.mesh import ModelMesh
 from modelmesh_core.quota import Cron, CronError, Maintenance, cron_error, timegm
 from modelmesh_core.testing import openai_config
 
