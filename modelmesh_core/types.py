@@ -173,12 +173,6 @@ class Limits:
     reset_hour: float = 0.0
     free: bool = False
 
-    @property
-    def quotas(self) -> bool:
-        """Whether any limit is set."""
-        return any(v is not None for v in (self.rpm, self.tpm, self.rpd, self.tpd,
-                                           self.monthly_requests, self.monthly_tokens))
-
 
 @frozen(kw_only=True)
 class Timeouts:
