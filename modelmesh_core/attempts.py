@@ -37,6 +37,7 @@ from .errors import (
     NoActiveModelError,
     ProviderError,
     ProviderTimeoutError,
+    RateLimitError,
     StreamInterruptedError,
 )
 from .events import EventEmitter, EventType
@@ -218,6 +219,9 @@ class AttemptLoop:
             self._ledger.release(self.reservation)
             self.reservation = None
         exc = as_provider_error(raw, model)
+        info = exc.rate_limit
+        if info is not None and self._ledger is not None:
+            self._ledger.observe(model, info, refused=isinstance(exc, RateLimitError))
         if self.failures is None:
             self.failures = []
         self.failures.append((model.id, exc))

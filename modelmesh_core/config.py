@@ -23,6 +23,7 @@ from attrs import Factory, frozen
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from .errors import ConfigError, did_you_mean
+from .quota import cron_error
 from .redaction import SecretStr, register_secret
 
 __all__ = [
@@ -198,8 +199,19 @@ class LimitsConfig:
     tpm: int | None = None
     rpd: int | None = None
     tpd: int | None = None
+    monthly_requests: int | None = None
+    monthly_tokens: int | None = None
     reset_hour: float = 0.0
     free: bool = False
+
+
+@frozen(kw_only=True)
+class MaintenanceConfig:
+    """A provider's recurring maintenance window: from each time ``cron`` (five fields,
+    UTC) fires, for ``duration``; its models are skipped meanwhile."""
+
+    cron: str
+    duration: Duration
 
 
 @frozen(kw_only=True)
@@ -224,6 +236,8 @@ class ProviderConfig:
     limits: LimitsConfig | None = None
     timeout: TimeoutConfig | None = None
     retry: ProviderRetryConfig | None = None
+    maintenance: tuple[MaintenanceConfig, ...] = ()
+    free_tier: bool = False
 
 
 @frozen(kw_only=True)
@@ -864,7 +878,10 @@ def _port(v: Any) -> str | None:
 
 
 _RANGES: dict[tuple[str, str], Callable[[Any], str | None]] = {
-    **{("LimitsConfig", f): _at_least(1) for f in ("rpm", "tpm", "rpd", "tpd")},
+    **{("LimitsConfig", f): _at_least(1) for f in ("rpm", "tpm", "rpd", "tpd",
+                                                    "monthly_requests", "monthly_tokens")},
+    ("MaintenanceConfig", "cron"): cron_error,
+    ("MaintenanceConfig", "duration"): _positive,
     **{("PricingConfig", f): _at_least(0) for f in ("input", "output", "cached_input",
                                                      "per_request", "reasoning")},
     ("LimitsConfig", "reset_hour"): lambda v: None if 0 <= v < 24 else "must be 0 <= hour < 24",

@@ -5,8 +5,8 @@ The proxy calls these three functions instead of keeping per-process counters, s
 SQLite or Redis store::
 
     await admit_virtual_key(mesh.ledger, key.name, key.rpm, key.budget)   # before routing
-    charge_virtual_key(mesh.ledger, key.name, response_cost)              # after answering
-    virtual_key_usage(mesh.ledger, key.name)                              # /admin/keys
+    charge_virtual_key(mesh.ledger, key.name, response_cost, key.budget)  # after answering
+    virtual_key_usage(mesh.ledger, key.name, key.rpm, key.budget)         # /admin/keys
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ async def admit_virtual_key(ledger: Ledger, name: str, rpm: int | None,
     ``Retry-After``) over its rpm, :class:`~modelmesh_core.errors.BudgetExceededError` once
     its enforced daily / monthly budget is spent, a 503 when a fail-closed store is
     unreachable."""
-    refused = await ledger.admit_key(name, rpm, budget if budget is None or budget.enforce
-                                     else None)
+    refused = await ledger.admit_key(name, rpm, budget)
     if refused is None:
         return
     wait = refused.retry_after if refused.retry_after is not None else 60.0
@@ -44,11 +43,17 @@ async def admit_virtual_key(ledger: Ledger, name: str, rpm: int | None,
         headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
 
-def charge_virtual_key(ledger: Ledger, name: str, cost: float) -> None:
-    """Add the cost of an answered request to key ``name``'s budget."""
-    ledger.spend_key(name, cost)
+def charge_virtual_key(ledger: Ledger, name: str, cost: float,
+                       budget: BudgetConfig | None = None) -> None:
+    """Add the cost of an answered request to key ``name``'s budget (``budget``: the key's
+    budget configuration, so that a charge after a reload still finds its counters)."""
+    ledger.spend_key(name, cost, budget)
 
 
-def virtual_key_usage(ledger: Ledger, name: str) -> dict[str, float]:
-    """``minute_requests``, ``day_spend`` and ``month_spend`` of key ``name``."""
-    return ledger.key_usage(name)
+def virtual_key_usage(ledger: Ledger, name: str, rpm: int | None = None,
+                      budget: BudgetConfig | None = None,
+                      now: float | None = None) -> dict[str, float]:
+    """``minute_requests``, ``day_spend`` and ``month_spend`` of key ``name`` as every
+    process sharing the store counted them (pass the key's ``rpm`` and ``budget`` to read a
+    key this process has not admitted yet; ``now`` the time to read, default the clock)."""
+    return ledger.key_usage(name, rpm, budget, now)

@@ -32,9 +32,11 @@ from attrs import frozen
 from .config import BudgetConfig, OnBudgetExceeded
 from .errors import BudgetExceededError
 from .events import EventEmitter, EventType
+from .quota import Cron, Maintenance, UpstreamQuota, utc_text
 from .windows import DAY, MINUTE, MONTH, ROLLING_SPAN, window_end, window_id
 
 if TYPE_CHECKING:
+    from .config import MaintenanceConfig
     from .pipeline import PipelineRequest
     from .pools import CapabilityPool
     from .state import Clock
@@ -64,6 +66,9 @@ UNAVAILABLE = -2
 """Refusal index a backend returns when its store cannot be reached (fail closed)."""
 
 _SLACK = 1e-9
+
+_KEY_SPEND = BudgetConfig(daily=1e300, monthly=1e300, enforce=False)
+"""What a virtual key without a budget counts: its spend, refusing nothing."""
 
 
 @frozen
@@ -321,6 +326,8 @@ _LIMIT_KINDS = (
     ("tpm", TOKENS, MINUTE, "tokens-per-minute limit reached"),
     ("rpd", REQUESTS, DAY, "daily request quota used"),
     ("tpd", TOKENS, DAY, "daily token quota used"),
+    ("monthly_requests", REQUESTS, MONTH, "monthly request quota used"),
+    ("monthly_tokens", TOKENS, MONTH, "monthly token quota used"),
 )
 
 
@@ -377,6 +384,7 @@ class Ledger:
         pool_budgets: Mapping[str, BudgetConfig],
         events: EventEmitter,
         clock: Clock,
+        maintenance: Mapping[str, Sequence[MaintenanceConfig]] | None = None,
     ) -> None:
         self.backend = backend
         self._providers = providers
@@ -388,7 +396,12 @@ class Ledger:
         self._plans: dict[str, dict[str, _Plan]] = {}
         self._alerted: set[tuple[str, int]] = set()
         self._refused: dict[str, tuple[float, bool]] = {}
-        self._vkeys: dict[str, tuple[tuple[Counter, ...], BudgetConfig | None]] = {}
+        self._vkeys: dict[str, tuple[int | None, BudgetConfig | None, tuple[Counter, ...]]] = {}
+        self._maintenance = {
+            name: Maintenance([(Cron(w.cron), float(w.duration)) for w in windows])
+            for name, windows in (maintenance or {}).items() if windows}
+        self._upstream: dict[str, UpstreamQuota] = {}
+        self._gate = bool(self._maintenance)
         self.sync = backend.sync
         self.budgets_active = bool(global_budget or provider_budgets or pool_budgets)
 
@@ -497,6 +510,10 @@ class Ledger:
                 return refused
         counters = plan.counters
         now = self._clock()
+        if self._gate:
+            gated = self._gated(model, amounts[TOKENS], now)
+            if gated is not None:
+                return gated
         if not counters:
             return Reservation(counters, now, amounts[TOKENS], amounts[COST])
         index, retry = self.backend.admit(counters, amounts, now)
@@ -519,6 +536,10 @@ class Ledger:
                 return refused
         counters = plan.counters
         now = self._clock()
+        if self._gate:
+            gated = self._gated(model, amounts[TOKENS], now)
+            if gated is not None:
+                return gated
         if not counters:
             return Reservation(counters, now, amounts[TOKENS], amounts[COST])
         index, retry = await self.backend.admit_async(counters, amounts, now)
@@ -580,6 +601,10 @@ class Ledger:
             counters: Sequence[Counter] = plan.counters[len(plan.limits):]
         else:
             counters = plan.limits
+            if self._gate:
+                gated = self._gated(model, amounts[TOKENS], now, take=False)
+                if gated is not None:
+                    return gated.reason
         backend = self.backend
         for c in counters:
             amount = amounts[c.metric]
@@ -610,6 +635,14 @@ class Ledger:
         if got is None or got[0] <= now:
             return None
         return got[0]
+
+    def held(self, model_id: str, now: float) -> tuple[float, bool] | None:
+        """``(until, limited)`` for a model refused at admission until after ``now``:
+        ``limited`` False for a maintenance window (not a rate limit)."""
+        got = self._refused.get(model_id)
+        if got is None or got[0] <= now:
+            return None
+        return got
 
     def spent(self, now: float | None = None) -> dict[str, dict[str, float]]:
         """Budget spend per scope for status APIs (day and month holding ``now``, default
@@ -651,37 +684,56 @@ class Ledger:
 
     def key_counters(self, name: str, rpm: int | None,
                      budget: BudgetConfig | None) -> tuple[Counter, ...]:
-        """The counters of proxy virtual key ``name`` (cached by name and settings)."""
+        """The counters of proxy virtual key ``name``: its rpm, then its daily and monthly
+        spend (cached by name and settings; without a budget, or with ``enforce: false``,
+        spend is counted without refusing)."""
         got = self._vkeys.get(name)
-        if got is not None and got[1] is budget and (
-                (rpm is None and not any(c.window == MINUTE for c in got[0]))
-                or any(c.window == MINUTE and c.limit == rpm for c in got[0])):
-            return got[0]
+        if got is not None and got[0] == rpm and got[1] is budget:
+            return got[2]
         counters: list[Counter] = []
         if rpm is not None:
             counters.append(Counter(f"v:{name}:rpm", REQUESTS, MINUTE, float(rpm),
                                     "requests-per-minute limit reached",
                                     prefix=f"key {name!r}: "))
-        if budget is not None:
-            counters += budget_counters(f"key:{name}", budget)
+        # Spend is counted for every key (``/admin/keys``); only a budget refuses.
+        counters += budget_counters(f"key:{name}", budget if budget is not None
+                                    else _KEY_SPEND)
         out = tuple(counters)
-        self._vkeys[name] = (out, budget)
+        self._vkeys[name] = (rpm, budget, out)
         return out
+
+    def _key_budget(self, name: str, budget: BudgetConfig | None) -> tuple[Counter, ...]:
+        """The budget counters of key ``name`` (from ``budget``, else as last admitted)."""
+        if budget is not None:
+            got = self._vkeys.get(name)
+            counters = self.key_counters(name, got[0] if got is not None else None, budget)
+        else:
+            got = self._vkeys.get(name)
+            counters = got[2] if got is not None else ()
+        return tuple(c for c in counters if c.metric == COST)
 
     async def admit_key(self, name: str, rpm: int | None,
                         budget: BudgetConfig | None) -> Refusal | None:
         """Count one proxy request of virtual key ``name`` against its rpm; refuse when its
-        rpm or budget leaves no room (a budget in error mode raises)."""
+        rpm leaves no room, raise :class:`BudgetExceededError` once its enforced budget is
+        spent (reached: a request is admitted while the spend is below the budget)."""
         counters = self.key_counters(name, rpm, budget)
         if not counters:
             return None
         now = self._clock()
-        amounts = (1.0, 0.0, 0.0)
+        # The cost of the request is not known yet: it asks for the smallest amount that
+        # does not fit a budget already spent to the cent (given back at once).
+        probe = 0.0
+        if budget is not None and budget.enforce:
+            probe = 4e-9 * (1.0 + max(budget.daily or 0.0, budget.monthly or 0.0))
+        amounts = (1.0, 0.0, probe)
         if self.sync:
             index, retry = self.backend.admit(counters, amounts, now)
         else:
             index, retry = await self.backend.admit_async(counters, amounts, now)
         if index == -1:
+            if probe:
+                self.backend.adjust(counters, now, (0.0, 0.0, -probe))
             return None
         if index == UNAVAILABLE:
             return Refusal("state store unavailable (fail closed)", 1.0, limited=False)
@@ -691,23 +743,29 @@ class Ledger:
             raise BudgetExceededError(c.what, c.limit, used, scope=c.scope)
         return Refusal(c.reason(used, 1.0), retry)
 
-    def spend_key(self, name: str, cost: float) -> None:
-        """Add the cost of an answered request to virtual key ``name``'s budget."""
-        got = self._vkeys.get(name)
-        if got is None or not cost:
+    def spend_key(self, name: str, cost: float, budget: BudgetConfig | None = None) -> None:
+        """Add the cost of an answered request to virtual key ``name``'s budget (``budget``
+        its configuration; without it, the one it was last admitted with)."""
+        if not cost:
             return
-        counters = tuple(c for c in got[0] if c.metric == COST)
+        counters = self._key_budget(name, budget)
         if counters:
             self.backend.adjust(counters, self._clock(), (0.0, 0.0, cost))
 
-    def key_usage(self, name: str) -> dict[str, float]:
-        """``day_spend``, ``month_spend`` and ``minute_requests`` of virtual key ``name``."""
-        got = self._vkeys.get(name)
+    def key_usage(self, name: str, rpm: int | None = None, budget: BudgetConfig | None = None,
+                  now: float | None = None) -> dict[str, float]:
+        """``minute_requests``, ``day_spend`` and ``month_spend`` of virtual key ``name``, as
+        counted by every process sharing the store (``rpm`` / ``budget``: its settings,
+        else those it was last admitted with here), at ``now`` (default the clock)."""
+        if rpm is not None or budget is not None:
+            counters = self.key_counters(name, rpm, budget)
+        else:
+            got = self._vkeys.get(name)
+            counters = got[2] if got is not None else ()
         out = {"minute_requests": 0.0, "day_spend": 0.0, "month_spend": 0.0}
-        if got is None:
-            return out
-        now = self._clock()
-        for c in got[0]:
+        if now is None:
+            now = self._clock()
+        for c in counters:
             v = self.backend.usage(c, now)
             if c.window == MINUTE:
                 out["minute_requests"] = v
@@ -719,6 +777,76 @@ class Ledger:
 
     # -- upstream facts
 
-    def observe(self, model: Model, info: RateLimitInfo | None) -> None:
-        """Upstream rate-limit headers of an answer (kept for a later correction pass)."""
+    def _gated(self, model: Model, tokens: float, now: float, *,
+               take: bool = True) -> Refusal | None:
+        """A maintenance window of the model's provider, or an upstream that reported no
+        room left (``take``: count this admission against what it reported)."""
+        sched = self._maintenance.get(model.provider) if self._maintenance else None
+        if sched is not None:
+            until = sched.until(now)
+            if until is not None:
+                self._refused[model.id] = (until, False)
+                return Refusal(f"provider {model.provider!r} is in a maintenance window "
+                               f"until {utc_text(until)}", until - now, limited=False)
+        quota = self._upstream.get(model.id)
+        if quota is not None:
+            got = quota.refusal(now, tokens)
+            if got is not None:
+                self._refused[model.id] = (now + got[1], True)
+                return Refusal(got[0], got[1])
+            if take:
+                quota.take(now, tokens)
         return None
+
+    def observe(self, model: Model, info: RateLimitInfo | None, *,
+                refused: bool = False) -> None:
+        """Let an upstream's rate-limit headers correct the ledger for ``model`` (one
+        provider entry, i.e. one API key, and one upstream model).
+
+        Remaining requests / tokens and their reset times are kept (admissions are taken
+        off until the next answer replaces them; none left → the model is skipped until
+        the reset). A configured counter of the model that counts fewer than the upstream
+        says were used is raised to match — the counter whose limit equals the reported
+        limit, else the one whose window the reset time falls in — so every process
+        sharing the store learns it. ``refused``: the headers came with a 429, whose
+        ``retry-after`` then holds the model back when no reset time was given.
+        """
+        if info is None:
+            return
+        now = self._clock()
+        quota = self._upstream.get(model.id)
+        if quota is None:
+            quota = self._upstream[model.id] = UpstreamQuota()
+            self._gate = True
+        wait = info.retry_after if refused else None
+        if info.remaining_requests is not None:
+            reset = info.reset_requests if info.reset_requests is not None else wait
+            quota.requests = float(info.remaining_requests)
+            quota.requests_until = now + (reset if reset is not None else 1.0)
+            self._correct(model, REQUESTS, info.limit_requests, info.remaining_requests,
+                          reset, now)
+        if info.remaining_tokens is not None:
+            reset = info.reset_tokens if info.reset_tokens is not None else wait
+            quota.tokens = float(info.remaining_tokens)
+            quota.tokens_until = now + (reset if reset is not None else 1.0)
+            self._correct(model, TOKENS, info.limit_tokens, info.remaining_tokens,
+                          reset, now)
+        if (refused and wait is not None and info.remaining_requests is None
+                and info.remaining_tokens is None):
+            quota.requests, quota.requests_until = 0.0, now + wait
+
+    def _correct(self, model: Model, metric: int, limit: int | None, remaining: int,
+                 reset: float | None, now: float) -> None:
+        mine = [c for c in self.plan(None, model).limits
+                if c.metric == metric and c.key.startswith("m:")]
+        if not mine:
+            return
+        match = [c for c in mine if limit is not None and c.limit == limit]
+        if not match and reset is not None:
+            window = MINUTE if reset <= ROLLING_SPAN else DAY if reset <= 86400 else MONTH
+            match = [c for c in mine if c.window == window]
+        for c in match:
+            used = self.backend.usage(c, now)
+            target = c.limit - remaining
+            if target > used + 0.5:
+                self.backend.adjust((c,), now, (target - used, target - used, 0.0))

@@ -53,6 +53,7 @@ from .operations import serving_operations
 from .pipeline import PipelineContext, RoutingPipeline
 from .plugins import PluginRegistry, load_plugins
 from .pools import CandidateFilter, CapabilityPool, Services
+from .quota import catalogue_limits
 from .redaction import SecretStr, register_secret
 from .rotation import RotationManager
 from .router import Router
@@ -93,6 +94,7 @@ def _limits(cfg: Any) -> Limits:
     if cfg is None:
         return Limits()
     return Limits(rpm=cfg.rpm, tpm=cfg.tpm, rpd=cfg.rpd, tpd=cfg.tpd,
+                  monthly_requests=cfg.monthly_requests, monthly_tokens=cfg.monthly_tokens,
                   reset_hour=cfg.reset_hour, free=cfg.free)
 
 
@@ -378,10 +380,17 @@ class ModelMesh:
                 "reload", os.fspath(config) if isinstance(config, str | os.PathLike)
                 else dict(config))
 
-    def add_reload_listener(self, listener: Callable[[], Any]) -> None:
+    def add_reload_listener(self, listener: Callable[[], Any]) -> Callable[[], None]:
         """Call ``listener()`` (it may return an awaitable) after a reload that another
-        process asked for (the proxy refreshes what it computed from the configuration)."""
+        process asked for (the proxy refreshes what it computed from the configuration).
+        Returns the function that removes it."""
         self._reload_listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._reload_listeners:
+                self._reload_listeners.remove(listener)
+
+        return remove
 
     async def _remote_admin(self, action: str, arg: Any) -> None:
         """An admin action another worker or replica published."""
@@ -769,6 +778,7 @@ class _Builder:
                               if p.budget is not None},
             pool_budgets={n: p.budget for n, p in cfg.pools.items() if p.budget is not None},
             events=events, clock=clock,
+            maintenance={n: p.maintenance for n, p in cfg.providers.items() if p.maintenance},
         )
         budgets = BudgetTracker(ledger)
         operations = dict(reg.operations)
@@ -1004,7 +1014,9 @@ class _Builder:
                 context_window=mc.context_window or (info.context_window if info else None),
                 max_output_tokens=mc.max_output_tokens or (
                     info.max_output_tokens if info else None),
-                pricing=pricing, limits=_limits(mc.limits), priority=mc.priority,
+                pricing=pricing, priority=mc.priority,
+                limits=_limits(mc.limits) if mc.limits is not None else catalogue_limits(
+                    info, cfg.providers.get(provider)),
                 weight=mc.weight,
             )
         for name in providers:
@@ -1016,6 +1028,9 @@ class _Builder:
                     continue
                 mid = f"{name}.{info.name}"
                 models[mid] = self._from_catalogue(mid, name, info, caps)
+                if info.free_limits is not None:
+                    models[mid] = attrs.evolve(models[mid], limits=catalogue_limits(
+                        info, cfg.providers.get(name)))
         return models
 
     @staticmethod

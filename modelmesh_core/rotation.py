@@ -276,11 +276,12 @@ class RotationManager:
                 is_limited = now < st.retry_after_until or (
                     info is not None and info.remaining_requests == 0
                     and now < st.rate_limit_at + (info.reset_requests or 0.0))
-                held = self.ledger.held_until(mid, now) if self.ledger is not None else None
+                held = self.ledger.held(mid, now) if self.ledger is not None else None
                 if held is not None:
-                    # No headroom left under a configured limit, quota or budget.
-                    is_limited = True
-                    until = max(until, held)
+                    # No headroom left under a configured limit, quota or budget (limited),
+                    # or its provider is in a maintenance window (not a rate limit).
+                    is_limited = is_limited or held[1]
+                    until = max(until, held[0])
             limited = limited and is_limited
             if until > now and (best is None or until - now < best):
                 best = until - now

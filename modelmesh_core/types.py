@@ -158,7 +158,9 @@ class Limits:
     """Configured rate limits and free-tier quotas; None means unlimited.
 
     ``rpm`` / ``tpm`` count a rolling minute; ``rpd`` / ``tpd`` the day starting at
-    ``reset_hour`` UTC (0: midnight UTC; providers that reset at another hour say so).
+    ``reset_hour`` UTC (0: midnight UTC; providers that reset at another hour say so);
+    ``monthly_requests`` / ``monthly_tokens`` the calendar month (from ``reset_hour`` on
+    the 1st).
     ``free`` marks the quotas as a free tier (the free-tier strategy spends these first).
     """
 
@@ -166,6 +168,8 @@ class Limits:
     tpm: int | None = None
     rpd: int | None = None
     tpd: int | None = None
+    monthly_requests: int | None = None
+    monthly_tokens: int | None = None
     reset_hour: float = 0.0
     free: bool = False
 
@@ -196,6 +200,9 @@ class ModelInfo:
     context_window: int | None = None
     max_output_tokens: int | None = None
     pricing: Pricing = Factory(Pricing)
+    free_limits: Limits | None = None
+    """The provider's published free-tier quotas for this model (``free`` set), used when
+    the provider is configured with ``free_tier: true`` and the model sets no limits."""
 
 
 @frozen(kw_only=True)

@@ -510,7 +510,7 @@ async def test_a_key_pays_for_what_it_used_and_stops_at_its_budget(vendors, stre
                 await s.get_final_message()
         else:
             await client.messages.create(model=OAI, max_tokens=10, messages=HELLO)
-        spent = p.server.keys[KEY].day_spend
+        spent = p.server.key_usage(p.server.keys[KEY])["day_spend"]
         assert spent == pytest.approx(6.0)  # 1 prompt token + 5 answer tokens
         with pytest.raises(anthropic.RateLimitError) as info:
             await client.messages.create(model=OAI, max_tokens=10, messages=HELLO)

@@ -513,7 +513,8 @@ async def test_virtual_key_pool_restriction_and_rpm(
         assert direct.value.code == "model_not_allowed" and "'chat'" in str(direct.value)
         with pytest.raises(openai.RateLimitError) as rl:
             await limited.chat.completions.create(model="chat", messages=MSG)
-        assert 1 <= int(rl.value.response.headers["retry-after"]) <= 60
+        # the ledger's rolling minute (modelmesh_core.windows): a request counts 60 to 61 s
+        assert 1 <= int(rl.value.response.headers["retry-after"]) <= 61
         visible = [m.id for m in (await limited.models.list()).data]
         assert visible == ["chat"]
 
@@ -763,7 +764,7 @@ async def test_streams_sharing_a_client_request_id_are_all_billed(fakes: Any) ->
 
         assert all(await asyncio.gather(*(one() for _ in range(3))))
         key = next(iter(proxy.server.keys.values()))
-        assert key.day_spend == pytest.approx(0.9)
+        assert proxy.server.key_usage(key)["day_spend"] == pytest.approx(0.9)
 
 
 async def test_admin_keys_are_not_proxy_keys(fakes: Any) -> None:

@@ -120,13 +120,13 @@ ABCD = [A, B, C, D]
 # --------------------------------------------------------------------------- registration
 
 
-def test_hookimpl_registers_eight_unique_strategies() -> None:
+def test_hookimpl_registers_nine_unique_strategies() -> None:
     result = S.modelmesh_strategies()
-    assert len(result) == 8
+    assert len(result) == 9
     names = [s.name for s in result]
     aliases = [a for s in result for a in s.aliases]
-    assert len(set(names)) == 8
-    assert len(set(aliases)) == 8
+    assert len(set(names)) == 9
+    assert len(set(aliases)) == 9
     assert not set(names) & set(aliases)
     for spec in result:
         assert isinstance(spec, StrategySpec)

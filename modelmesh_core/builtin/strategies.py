@@ -20,6 +20,7 @@ from ..config import Duration
 from ..hookspecs import hookimpl
 from ..pipeline import PipelineContext
 from ..types import Limits, Model, StrategySpec
+from .freetier import FreeTierConfig, free_tier
 
 if TYPE_CHECKING:
     from ..pools import Services
@@ -667,7 +668,7 @@ def _load_balanced(config: LoadBalancedConfig | None, services: Services) -> Loa
 
 @hookimpl
 def modelmesh_strategies() -> list[StrategySpec]:
-    """Register the eight built-in selection strategies."""
+    """Register the nine built-in selection strategies."""
     return [
         StrategySpec(
             name=DEFAULT_STRATEGY,
@@ -715,6 +716,14 @@ def modelmesh_strategies() -> list[StrategySpec]:
             config_type=RateLimitAwareConfig,
             aliases=("rate-limit-aware",),
             description="Most remaining rate-limit headroom first.",
+        ),
+        StrategySpec(
+            name="modelmesh.free-tier.v1",
+            factory=free_tier,
+            config_type=FreeTierConfig,
+            aliases=("free-tier",),
+            description="Free-tier quotas first (predicting exhaustion, spreading over keys), "
+                        "then paid models.",
         ),
         StrategySpec(
             name="modelmesh.load-balanced.v1",

@@ -79,7 +79,8 @@ class AdminAPI:
     async def keys(self, request: web.Request) -> web.StreamResponse:
         """``GET /admin/keys``: usage per virtual key (never the key itself)."""
         self._guard(request)
-        return web.Response(body=dumps([k.snapshot() for k in self.server.keys.values()]),
+        return web.Response(body=dumps([k.snapshot(self.server.key_usage(k))
+                                         for k in self.server.keys.values()]),
                             content_type=_JSON)
 
     async def reload(self, request: web.Request) -> web.StreamResponse:
@@ -102,9 +103,7 @@ class AdminAPI:
         except ConfigError as exc:
             raise WireError("Invalid configuration: " + "; ".join(exc.errors),
                             code="invalid_config", param="config") from None
-        if server.explicit_config is None:
-            server.configure(mesh.config.proxy)
-        server.refresh_catalogue()
+        server.reloaded()
         return web.Response(body=dumps({"status": "reloaded", "pools": server.pool_names,
                                         "models": server.model_names}), content_type=_JSON)
 

@@ -16,26 +16,25 @@ The admin API can rewrite the configuration, so it is guarded beyond its key:
 
 from __future__ import annotations
 
-import collections
 import functools
 import ipaddress
-import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
 from ..config import BudgetConfig, MetricsAuth, ProxyConfig
-from ..errors import BudgetExceededError
 from ..wire import WireError
 
 __all__ = ["Auth", "KeyState", "is_loopback", "token"]
 
 
 class KeyState:
-    """A virtual key and its in-memory counters (rpm window, daily / monthly spend)."""
+    """A virtual key: its settings and the requests this process admitted for it. Its rpm
+    window and spend live in the admission ledger (:mod:`modelmesh_core.keys`), shared by
+    every worker and replica of the configured store."""
 
-    __slots__ = ("admin", "budget", "day", "day_spend", "month", "month_spend", "name",
-                 "pools", "requests", "rpm", "window")
+    __slots__ = ("admin", "budget", "name", "pools", "requests", "rpm")
 
     def __init__(self, name: str, pools: frozenset[str] | None, rpm: int | None,
                  budget: BudgetConfig | None, admin: bool) -> None:
@@ -44,66 +43,21 @@ class KeyState:
         self.rpm = rpm
         self.budget = budget
         self.admin = admin
-        self.window: collections.deque[float] = collections.deque()
         self.requests = 0
-        self.day = self.month = -1
-        self.day_spend = self.month_spend = 0.0
 
     def adopt(self, other: KeyState) -> None:
-        """Take over the counters of the same key before a config reload."""
-        self.window, self.requests = other.window, other.requests
-        self.day, self.day_spend = other.day, other.day_spend
-        self.month, self.month_spend = other.month, other.month_spend
+        """Take over this process's request count of the same key before a config reload
+        (the ledger keeps the rest)."""
+        self.requests = other.requests
 
-    def admit(self, now: float) -> None:
-        """Count one request; raise a 429 ``WireError`` when over rpm or budget."""
-        if self.rpm is not None:
-            window = self.window
-            cutoff = now - 60.0
-            while window and window[0] <= cutoff:
-                window.popleft()
-            if len(window) >= self.rpm:
-                wait = window[0] + 60.0 - now
-                raise WireError(
-                    f"Rate limit of {self.rpm} requests per minute reached for key "
-                    f"{self.name!r}; retry in {wait:.1f}s.",
-                    status=429, code="rate_limit_exceeded",
-                    headers={"Retry-After": str(max(1, int(wait + 0.999)))},
-                )
-            window.append(now)
-        budget = self.budget
-        if budget is not None and budget.enforce:
-            self._roll(now)
-            if budget.daily is not None and self.day_spend >= budget.daily:
-                raise BudgetExceededError("daily", budget.daily, self.day_spend,
-                                          scope=f"key:{self.name}")
-            if budget.monthly is not None and self.month_spend >= budget.monthly:
-                raise BudgetExceededError("monthly", budget.monthly, self.month_spend,
-                                          scope=f"key:{self.name}")
-        self.requests += 1
-
-    def _roll(self, now: float) -> None:
-        day = int(now // 86400)
-        if day != self.day:
-            self.day, self.day_spend = day, 0.0
-        t = time.gmtime(now)
-        month = t.tm_year * 12 + t.tm_mon
-        if month != self.month:
-            self.month, self.month_spend = month, 0.0
-
-    def spend(self, cost: float, now: float) -> None:
-        """Add the cost of an answered request."""
-        if cost:
-            self._roll(now)
-            self.day_spend += cost
-            self.month_spend += cost
-
-    def snapshot(self) -> dict[str, Any]:
-        """JSON-able usage (never the key itself)."""
+    def snapshot(self, usage: Mapping[str, float]) -> dict[str, Any]:
+        """JSON-able usage (never the key itself); ``usage`` from
+        :func:`~modelmesh_core.keys.virtual_key_usage`."""
         return {"name": self.name, "requests": self.requests,
                 "pools": sorted(self.pools) if self.pools is not None else None,
-                "rpm": self.rpm, "day_spend": round(self.day_spend, 8),
-                "month_spend": round(self.month_spend, 8), "admin": self.admin}
+                "rpm": self.rpm, "minute_requests": usage.get("minute_requests", 0.0),
+                "day_spend": usage.get("day_spend", 0.0),
+                "month_spend": usage.get("month_spend", 0.0), "admin": self.admin}
 
 
 class Auth:

@@ -121,10 +121,10 @@ class BatchesAPI:
 
     # ----------------------------------------------------------------- helpers
 
-    def _key(self, request: web.Request) -> KeyState | None:
+    async def _key(self, request: web.Request) -> KeyState | None:
         key = self.server.auth.authenticate(request)
         if key is not None:
-            key.admit(time.time())
+            await self.server.admit_key(key)
         return key
 
     @staticmethod
@@ -166,7 +166,7 @@ class BatchesAPI:
 
     async def upload(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/files`` (``multipart/form-data``: ``purpose``, ``file``)."""
-        key = self._key(request)
+        key = await self._key(request)
         per_file, total = self._limits
         length = request.content_length
         if length is not None and length > per_file + _CHUNK:
@@ -227,7 +227,7 @@ class BatchesAPI:
 
     async def list_files(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/files`` (``?purpose=``), newest first."""
-        owner = self._owner(self._key(request))
+        owner = self._owner(await self._key(request))
         purpose = request.query.get("purpose")
         data = [f.object() for f in reversed(self.files.values())
                 if f.owner == owner and (purpose is None or f.purpose == purpose)]
@@ -237,25 +237,25 @@ class BatchesAPI:
 
     async def get_file(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/files/{id}``."""
-        return self._json(self._file(request, self._key(request)).object())
+        return self._json(self._file(request, await self._key(request)).object())
 
     async def delete_file(self, request: web.Request) -> web.StreamResponse:
         """``DELETE /v1/files/{id}``."""
-        file = self._file(request, self._key(request))
+        file = self._file(request, await self._key(request))
         del self.files[file.id]
         self.stored -= len(file.data)
         return self._json({"id": file.id, "object": "file", "deleted": True})
 
     async def file_content(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/files/{id}/content``: the bytes."""
-        file = self._file(request, self._key(request))
+        file = self._file(request, await self._key(request))
         return web.Response(body=file.data, content_type="application/octet-stream")
 
     # ----------------------------------------------------------------- batches
 
     async def create(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/batches``: validate the input file, route its model, submit."""
-        key = self._key(request)
+        key = await self._key(request)
         body = await self.server.read_json(request)
         if not isinstance(body, dict):
             raise _bad("The request body must be a JSON object.", None, "invalid_body")
@@ -304,11 +304,11 @@ class BatchesAPI:
 
     async def retrieve(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/batches/{id}``."""
-        return self._json(self._object(self._batch(request, self._key(request)), request))
+        return self._json(self._object(self._batch(request, await self._key(request)), request))
 
     async def list_batches(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/batches`` (``limit`` 1 to 100, default 20; ``after``), newest first."""
-        owner = self._owner(self._key(request))
+        owner = self._owner(await self._key(request))
         try:
             limit = int(request.query.get("limit", "20"))
         except ValueError:
@@ -329,7 +329,7 @@ class BatchesAPI:
 
     async def cancel(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/batches/{id}/cancel``."""
-        batch = self._batch(request, self._key(request))
+        batch = self._batch(request, await self._key(request))
         router = self.server._router()
         job = router.get_batch(batch.job_id)
         if job.done:

@@ -22,7 +22,6 @@ An upload beyond ``proxy.limits.max_upload_size`` is a 413 before anything goes 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -147,7 +146,7 @@ class OperationRoutes:
         server = self.server
         key = server.auth.authenticate(request)
         if key is not None:
-            key.admit(time.time())
+            await server.admit_key(key)
         fields, file = await self._read_form(request)
         name, op_request = parse_transcription_request(fields, file, translate=translate)
         options = server.options(request, key)

@@ -19,6 +19,7 @@ import aiohttp.http_exceptions
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
+from .. import keys
 from .._log import logger
 from ..config import ProxyConfig
 from ..errors import CapabilityNotFoundError, ConfigError, ModelMeshError
@@ -110,6 +111,13 @@ class ProxyServer:
         self.max_upload = int(cfg.limits.max_upload_size)
         self.body_timeout = float(cfg.limits.body_timeout)
 
+    def reloaded(self) -> None:
+        """The mesh reloaded its configuration (here or because another worker or replica
+        asked): apply its proxy section and rebuild the model list."""
+        if self.explicit_config is None:
+            self.configure(self.mesh.config.proxy)
+        self.refresh_catalogue()
+
     def refresh_catalogue(self) -> None:
         """Rebuild the model list and name tables from the mesh."""
         mesh = self.mesh
@@ -147,12 +155,14 @@ class ProxyServer:
             self.configure(mesh_proxy_config(self.mesh))
         self.refresh_catalogue()
         unsubscribe = self.mesh.events.subscribe(self.metrics.on_event)
+        unlisten = self.mesh.add_reload_listener(self.reloaded)
         self.ready = True
         try:
             yield
         finally:
             self.ready = False
             unsubscribe()
+            unlisten()
             if self.owns_mesh:
                 await self.mesh.shutdown()
 
@@ -290,16 +300,26 @@ class ProxyServer:
             headers["x-modelmesh-overhead-ms"] = f"{overhead:.3f}"
         return headers
 
+    async def admit_key(self, key: KeyState) -> None:
+        """Count one request of ``key`` in the admission ledger (shared by every worker and
+        replica): a 429 over its rpm, :class:`BudgetExceededError` once its budget is spent."""
+        await keys.admit_virtual_key(self.mesh.ledger, key.name, key.rpm, key.budget)
+        key.requests += 1
+
     async def _admit(self, request: web.Request) -> tuple[KeyState | None, Any]:
         key = self.auth.authenticate(request)
         if key is not None:
-            key.admit(time.time())
+            await self.admit_key(key)
         return key, await self.read_json(request)
 
-    @staticmethod
-    def _charge(key: KeyState | None, cost: Any) -> None:
+    def _charge(self, key: KeyState | None, cost: Any) -> None:
         if key is not None and isinstance(cost, int | float) and cost:
-            key.spend(float(cost), time.time())
+            keys.charge_virtual_key(self.mesh.ledger, key.name, float(cost), key.budget)
+
+    def key_usage(self, key: KeyState, now: float | None = None) -> dict[str, float]:
+        """What ``key`` used, as counted by every process sharing the store (at ``now``,
+        default the clock)."""
+        return keys.virtual_key_usage(self.mesh.ledger, key.name, key.rpm, key.budget, now)
 
     # ----------------------------------------------------------------- /v1 handlers
 

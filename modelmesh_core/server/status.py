@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..limits import clip
-from ..state import ModelState, UsageWindows, utc_day, utc_month
+from ..state import ModelState, UsageWindows, utc_day
 from ..types import Limits, RateLimitInfo
 from ..wire import dumps
 from .activity import MINUTES, Activity
@@ -127,7 +127,7 @@ class StatusPage:
         mesh = self.server.mesh
         state = mesh.state
         cfg = mesh.config
-        day, month, minute = utc_day(now), utc_month(now), int(now // 60)
+        day, minute = utc_day(now), int(now // 60)
         pools_of: dict[str, list[str]] = {}
         pools: list[dict[str, Any]] = []
         for name, pool in mesh.pools.items():
@@ -190,11 +190,11 @@ class StatusPage:
                 "spent_month": got.get("month", 0.0)})
         for key in self.server.keys.values():
             if key.budget is not None:
+                usage = self.server.key_usage(key, now)
                 budgets.append({
                     "scope": f"key:{key.name}", "enforce": key.budget.enforce,
                     "daily": key.budget.daily, "monthly": key.budget.monthly,
-                    "spent_today": round(key.day_spend, 8) if key.day == day else 0.0,
-                    "spent_month": round(key.month_spend, 8) if key.month == month + 1 else 0.0,
+                    "spent_today": usage["day_spend"], "spent_month": usage["month_spend"],
                 })
         return {
             "generated_at": now,

@@ -1,12 +1,15 @@
 """The connectors of this plugin and their small default model catalogues.
 
 Prices are USD per 1M tokens as published when this was written; they are defaults meant to
-be overridden in configuration (``models.<id>.pricing``), not a source of truth.
+be overridden in configuration (``models.<id>.pricing``), not a source of truth. Free-tier
+quotas (``free_limits``: Groq's Free Plan per model, from console.groq.com/docs/rate-limits)
+apply only to providers configured with ``free_tier: true`` and are overridden by
+``models.<id>.limits``.
 """
 
 from __future__ import annotations
 
-from modelmesh_core.types import ModelInfo, Pricing
+from modelmesh_core.types import Limits, ModelInfo, Pricing
 
 from ._config import Connector
 
@@ -37,6 +40,7 @@ def _chat(
     max_output: int | None = None,
     capabilities: tuple[str, ...] = (CHAT,),
     batch: bool = False,
+    free: Limits | None = None,
 ) -> ModelInfo:
     modes = {"sync", "streaming"} | ({"batch"} if batch else set())
     return ModelInfo(
@@ -47,6 +51,7 @@ def _chat(
         context_window=context,
         max_output_tokens=max_output,
         pricing=Pricing(input=price[0], output=price[1], cached_input=cached),
+        free_limits=free,
     )
 
 
@@ -140,8 +145,10 @@ CATALOGUES: dict[str, tuple[ModelInfo, ...]] = {
     "openai.llm.v1": _OPENAI,
     "azure.openai.v1": _AZURE,
     "groq.api.v1": (
-        _chat("llama-3.3-70b-versatile", context=131_072, price=(0.59, 0.79), max_output=32_768),
-        _chat("llama-3.1-8b-instant", context=131_072, price=(0.05, 0.08), max_output=8192),
+        _chat("llama-3.3-70b-versatile", context=131_072, price=(0.59, 0.79), max_output=32_768,
+              free=Limits(rpm=30, rpd=1_000, tpm=12_000, tpd=100_000, free=True)),
+        _chat("llama-3.1-8b-instant", context=131_072, price=(0.05, 0.08), max_output=8192,
+              free=Limits(rpm=30, rpd=14_400, tpm=6_000, tpd=500_000, free=True)),
         _chat(
             "openai/gpt-oss-120b",
             context=131_072,
