@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from attrs import Factory, field, frozen, validators
@@ -22,7 +23,9 @@ def _keys(value: object) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         return (value,)
-    return tuple(str(v) for v in value)  # type: ignore[union-attr]
+    if isinstance(value, Iterable):
+        return tuple(str(v) for v in value)
+    return (str(value),)
 
 
 @frozen(kw_only=True)
