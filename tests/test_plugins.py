@@ -22,7 +22,7 @@ from modelmesh_core import (
     StrategySpec,
     hookimpl,
 )
-from modelmesh_core import mesh as mesh_module
+from modelmesh_core.mesh import facade as mesh_module
 from modelmesh_core.plugins import (
     DEFAULT_PLUGINS,
     STRICT_ENV,

@@ -23,10 +23,10 @@ import attrs
 import orjson
 from attrs import define
 
-from ._log import logger
-from .budget import BudgetTracker
-from .capabilities import CapabilityTree
-from .config import (
+from .._log import logger
+from ..budget import BudgetTracker
+from ..capabilities import CapabilityTree
+from ..config import (
     ConnectorRef,
     MeshConfig,
     PluginsConfig,
@@ -38,7 +38,7 @@ from .config import (
     structure,
     structure_plugin_config,
 )
-from .errors import (
+from ..errors import (
     AuthenticationError,
     CapabilityNotFoundError,
     ConfigError,
@@ -46,21 +46,21 @@ from .errors import (
     ProviderError,
     did_you_mean,
 )
-from .events import EventEmitter, EventType
-from .ledger import Ledger, LedgerBackend, MemoryLedger
-from .observability import RequestLogger
-from .operations import serving_operations
-from .pipeline import PipelineContext, RoutingPipeline
-from .plugins import PluginRegistry, load_plugins
-from .pools import CandidateFilter, CapabilityPool, Services
-from .quota import catalogue_limits
-from .redaction import SecretStr, register_secret
-from .rotation import RotationManager
-from .router import Router
-from .state import MemoryStateStore, StateStore
-from .tracing import Tracing, build_tracing
-from .tracing import validate as validate_tracing
-from .types import (
+from ..events import EventEmitter, EventType
+from ..ledger import Ledger, LedgerBackend, MemoryLedger
+from ..observability import RequestLogger
+from ..operations import serving_operations
+from ..pipeline import PipelineContext, RoutingPipeline
+from ..plugins import PluginRegistry, load_plugins
+from ..pools import CandidateFilter, CapabilityPool, Services
+from ..quota import catalogue_limits
+from ..redaction import SecretStr, register_secret
+from ..rotation import RotationManager
+from ..router import Router
+from ..state import MemoryStateStore, StateStore
+from ..tracing import Tracing, build_tracing
+from ..tracing import validate as validate_tracing
+from ..types import (
     ALL_DELIVERY_MODES,
     ALL_FEATURES,
     FilterSpec,
