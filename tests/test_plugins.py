@@ -22,7 +22,8 @@ from modelmesh_core import (
     StrategySpec,
     hookimpl,
 )
-from modelmesh_core.mesh import facade as mesh_module
+from modelmesh_core.mesh import assembly as mesh_module
+from modelmesh_core.mesh import assembly_base, assembly_models, assembly_pools, facade
 from modelmesh_core.plugins import (
     DEFAULT_PLUGINS,
     STRICT_ENV,
@@ -352,13 +353,15 @@ async def test_no_hook_is_called_and_no_config_read_per_request(
         return pm, report
 
     monkeypatch.setattr(mesh_module, "load_plugins", tracking_load)
-    # Every configuration function the mesh uses (reading, interpolating, structuring).
+    # Every configuration function the mesh uses (reading, interpolating, structuring), in
+    # every module of the mesh package.
+    mesh_modules = (mesh_module, assembly_base, assembly_models, assembly_pools, facade)
     config_functions = [
-        name for name, obj in vars(mesh_module).items()
+        (module, name) for module in mesh_modules for name, obj in vars(module).items()
         if callable(obj) and not isinstance(obj, type)
         and getattr(obj, "__module__", "") == "modelmesh_core.config"
     ]
-    assert "read_source" in config_functions
+    assert (mesh_module, "read_source") in config_functions
     def counting(original: Any) -> Any:
         def counted(*a: Any, **k: Any) -> Any:
             counts["config"] += 1
@@ -366,8 +369,8 @@ async def test_no_hook_is_called_and_no_config_read_per_request(
 
         return counted
 
-    for name in config_functions:
-        monkeypatch.setattr(mesh_module, name, counting(getattr(mesh_module, name)))
+    for module, name in config_functions:
+        monkeypatch.setattr(module, name, counting(getattr(module, name)))
 
     embedded = EmbeddedPlugin()
     cfg = mock_config(providers=("a", "b"))

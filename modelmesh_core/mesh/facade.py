@@ -1,10 +1,6 @@
-"""The ``ModelMesh`` facade: loads plugins and configuration, assembles everything once, owns
-the single ``aiohttp.ClientSession``, and exposes the router and the admin controls.
-
-Assembly order (all at start-up, nothing per request): plugins (built-ins, entry points,
-embedded) → registry (each hook called once) → secret store → interpolated, structured config →
-validation against the registry (every problem collected, with its path) → capability tree,
-providers, models, pools, filters, stages, pipeline, router.
+"""The ``ModelMesh`` facade: loads plugins and configuration, assembles everything once
+(:mod:`.assembly`), owns the single ``aiohttp.ClientSession``, and exposes the router, the
+lifecycle (async and, through :mod:`.loop_thread`, sync), reload, the admin controls and status.
 """
 
 from __future__ import annotations
@@ -13,7 +9,6 @@ import asyncio
 import inspect
 import os
 import random
-import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
@@ -21,146 +16,31 @@ from typing import Any, TypeVar
 import aiohttp
 import attrs
 import orjson
-from attrs import define
 
 from .._log import logger
-from ..budget import BudgetTracker
 from ..capabilities import CapabilityTree
-from ..config import (
-    ConnectorRef,
-    MeshConfig,
-    PluginsConfig,
-    PoolConfig,
-    RetryScope,
-    TimeoutConfig,
-    load_config_collect,
-    read_source,
-    structure,
-    structure_plugin_config,
-)
-from ..errors import (
-    AuthenticationError,
-    CapabilityNotFoundError,
-    ConfigError,
-    PluginError,
-    ProviderError,
-    did_you_mean,
-)
+from ..config import MeshConfig
+from ..errors import AuthenticationError, ProviderError
+from ..errors import did_you_mean as _hint
 from ..events import EventEmitter, EventType
 from ..ledger import Ledger, LedgerBackend, MemoryLedger
 from ..observability import RequestLogger
-from ..operations import serving_operations
 from ..pipeline import PipelineContext, RoutingPipeline
-from ..plugins import PluginRegistry, load_plugins
-from ..pools import CandidateFilter, CapabilityPool, Services
-from ..quota import catalogue_limits
-from ..redaction import SecretStr, register_secret
-from ..rotation import RotationManager
+from ..plugins import PluginRegistry
+from ..pools import CapabilityPool
 from ..router import Router
 from ..state import MemoryStateStore, StateStore
 from ..tracing import Tracing, build_tracing
-from ..tracing import validate as validate_tracing
-from ..types import (
-    ALL_DELIVERY_MODES,
-    ALL_FEATURES,
-    FilterSpec,
-    Limits,
-    Model,
-    ModelInfo,
-    Pricing,
-    Provider,
-    ProviderContext,
-    ProviderSpec,
-    Timeouts,
-)
+from ..types import Model, Provider, ProviderContext
+from .assembly import Assembly, assemble, carry_strategy_state
+from .assembly import open_secret_store as _open_secret_store
+from .loop_thread import LoopThread
 
 __all__ = ["ModelMesh"]
 
 _PROBE_COOLDOWN = 60.0
 
 T = TypeVar("T")
-
-
-def _hint(name: str, options: Iterable[str]) -> str:
-    return did_you_mean(name, options)
-
-
-def _timeouts(cfg: TimeoutConfig) -> Timeouts:
-    return Timeouts(connect=cfg.connect, first_byte=cfg.first_byte, idle=cfg.idle,
-                    total=cfg.total)
-
-
-def _limits(cfg: Any) -> Limits:
-    if cfg is None:
-        return Limits()
-    return Limits(rpm=cfg.rpm, tpm=cfg.tpm, rpd=cfg.rpd, tpd=cfg.tpd,
-                  monthly_requests=cfg.monthly_requests, monthly_tokens=cfg.monthly_tokens,
-                  reset_hour=cfg.reset_hour, free=cfg.free)
-
-
-@define(kw_only=True)
-class _Assembly:
-    """Everything built from one configuration."""
-
-    config: MeshConfig
-    registry: PluginRegistry
-    capabilities: CapabilityTree
-    providers: dict[str, Provider]
-    models: dict[str, Model]
-    pools: dict[str, CapabilityPool]
-    direct_pools: dict[str, CapabilityPool]
-    pipeline: RoutingPipeline
-    services: Services
-    rotation: RotationManager
-    budgets: BudgetTracker
-    ledger: Ledger
-    middleware: list[Any]
-    sinks: list[Any]
-    discovery: list[Any]
-    secret_store: Any
-
-
-def _carry_strategy_state(old: _Assembly, new: _Assembly) -> None:
-    """Hot reload: a pool (configured, implicit or direct) that keeps its name and its strategy
-    connector hands the old strategy instance to the new one's ``inherit(previous)`` (when the
-    strategy has that method), so the sticky model, round-robin counters and session pins
-    survive the reload."""
-    for before, after in ((old.pools, new.pools), (old.direct_pools, new.direct_pools)):
-        for name, pool in after.items():
-            prev = before.get(name)
-            if prev is None or prev.strategy_name != pool.strategy_name:
-                continue
-            inherit = getattr(pool.strategy, "inherit", None)
-            if inherit is not None:
-                inherit(prev.strategy)
-
-
-class _LoopThread:
-    """A private event loop on a daemon thread, for the synchronous API."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="modelmesh-loop", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        if threading.current_thread() is self._thread:
-            coro.close()
-            raise RuntimeError(
-                "a synchronous ModelMesh call was made from inside the mesh's own event loop; "
-                "use the async API (await ...) there"
-            )
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
-        if not self.loop.is_running():
-            self.loop.close()
 
 
 class ModelMesh:
@@ -203,12 +83,12 @@ class ModelMesh:
         self._entry_points = entry_points
         self._rng = random.Random(seed)
         self._session: aiohttp.ClientSession | None = None
-        self._loop_thread: _LoopThread | None = None
+        self._loop_thread: LoopThread | None = None
         self._started = False
         self._sink_unsubs: list[Callable[[], None]] = []
         self.events = EventEmitter(self._clock)
         self.state: StateStore = MemoryStateStore()
-        self._asm: _Assembly | None = None
+        self._asm: Assembly | None = None
         self._router: Router | None = None
         self._validated: MeshConfig | None = None
         self._tracing: Tracing | None = None
@@ -265,7 +145,7 @@ class ModelMesh:
 
     start = initialize
 
-    async def _probe(self, asm: _Assembly) -> None:
+    async def _probe(self, asm: Assembly) -> None:
         """Ask every provider for its model list once; mark those that fail as down."""
         now = self._clock()
 
@@ -335,7 +215,7 @@ class ModelMesh:
     def initialize_sync(self) -> ModelMesh:
         """Initialize on a private loop thread so the ``*_sync`` methods can be used."""
         if self._loop_thread is None:
-            self._loop_thread = _LoopThread()
+            self._loop_thread = LoopThread()
         try:
             self._loop_thread.run(self.initialize())
         except BaseException:
@@ -410,7 +290,7 @@ class ModelMesh:
         old_tracing = self._tracing
         asm = self._assemble(config, state=self.state)
         if old is not None:
-            _carry_strategy_state(old, asm)
+            carry_strategy_state(old, asm)
         self._source = config
         self._install(asm)
         if old_tracing is not None and old_tracing is not self._tracing:
@@ -427,7 +307,7 @@ class ModelMesh:
 
     # -- accessors
 
-    def _assembly(self) -> _Assembly:
+    def _assembly(self) -> Assembly:
         if self._asm is None:
             raise RuntimeError("the mesh is not initialized; call await mesh.initialize()")
         return self._asm
@@ -598,9 +478,9 @@ class ModelMesh:
             "stages": asm.pipeline.stage_names(),
         }
 
-    # -- assembly
+    # -- assembly (built in .assembly, installed here)
 
-    def _install(self, asm: _Assembly) -> None:
+    def _install(self, asm: Assembly) -> None:
         self._asm = asm
         for unsub in self._sink_unsubs:
             unsub()
@@ -624,52 +504,14 @@ class ModelMesh:
             self._router.configure(**kwargs)  # type: ignore[arg-type]
         self._router.batch_config = asm.config.batch
 
-    async def _close_sinks(self, asm: _Assembly) -> None:
+    async def _close_sinks(self, asm: Assembly) -> None:
         for sink in asm.sinks:
             close = getattr(sink, "close", None)
             if close is not None:
                 await close()
 
-    def _assemble(self, source: Any, state: StateStore | None) -> _Assembly:
-        errors: list[str] = []
-        broken: dict[str, set[str]] = {}
-        if isinstance(source, MeshConfig):
-            raw: dict[str, Any] | None = None
-            plugins_cfg = source.plugins
-        else:
-            raw = read_source(source)
-            plugins_cfg, errs = structure(raw.get("plugins") or {}, PluginsConfig, "plugins")
-            if errs:
-                errors.extend(errs)
-                raw = {k: v for k, v in raw.items() if k != "plugins"}
-                plugins_cfg = PluginsConfig()
-        strict = self._strict if self._strict is not None else plugins_cfg.strict
-        entry_points = (self._entry_points if self._entry_points is not None
-                        else plugins_cfg.entry_points)
-        pm, report = load_plugins(extra=self._extra, entry_points=entry_points,
-                                  blocked=plugins_cfg.block, required=plugins_cfg.require,
-                                  strict=strict)
-        registry = PluginRegistry.from_manager(pm, report)
-        holder: dict[str, Any] = {}
-
-        def secret_resolver(ref: ConnectorRef, errs: list[str]) -> Callable[[str], str | None]:
-            store = self._secret_store(registry, ref, errs)
-            holder["store"] = store
-            return store.get if store is not None else (lambda name: None)
-
-        if raw is not None:
-            config, errs, broken = load_config_collect(raw, env=self._env,
-                                                       secret_resolver=secret_resolver)
-            errors.extend(errs)
-            if errors and "plugins" not in raw:
-                config = attrs.evolve(config, plugins=plugins_cfg)
-        else:
-            config = source
-            holder["store"] = self._secret_store(registry, config.secrets, errors)
-        builder = _Builder(self, config, registry, holder.get("store"), state)
-        builder.errors.extend(errors)
-        builder.broken = broken
-        return builder.build()
+    def _assemble(self, source: Any, state: StateStore | None) -> Assembly:
+        return assemble(self, source, state)
 
     def open_secret_store(self) -> tuple[Any, str]:
         """The configured secret store and its connector id, built on its own.
@@ -678,600 +520,8 @@ class ModelMesh:
         of the configuration still refers to secrets that are not set (``modelmesh secrets
         set`` is how they get set). Raises :class:`ConfigError`.
         """
-        errors: list[str] = []
-        if isinstance(self._source, MeshConfig):
-            plugins_cfg, ref = self._source.plugins, self._source.secrets
-        else:
-            raw = read_source(self._source)
-            plugins_cfg, errs = structure(raw.get("plugins") or {}, PluginsConfig, "plugins")
-            errors.extend(errs)
-            secrets_raw = raw.get("secrets")
-            ref, errs = (structure(secrets_raw, ConnectorRef, "secrets") if secrets_raw
-                         else (ConnectorRef(connector="modelmesh.env.v1"), []))
-            errors.extend(errs)
-            if errors:
-                raise ConfigError(errors)
-        entry_points = (self._entry_points if self._entry_points is not None
-                        else plugins_cfg.entry_points)
-        pm, report = load_plugins(extra=self._extra, entry_points=entry_points,
-                                  blocked=plugins_cfg.block, required=plugins_cfg.require,
-                                  strict=self._strict if self._strict is not None
-                                  else plugins_cfg.strict)
-        store = self._secret_store(PluginRegistry.from_manager(pm, report), ref, errors)
-        if errors or store is None:
-            raise ConfigError(errors)
-        return store, ref.connector
-
-    def _secret_store(self, registry: PluginRegistry, ref: ConnectorRef,
-                      errors: list[str]) -> Any:
-        spec = registry.secret_stores.get(ref.connector)
-        if spec is None:
-            errors.append(f"secrets.connector: unknown secret store {ref.connector!r}"
-                          f"{_hint(ref.connector, registry.secret_stores)}; installed: "
-                          f"{', '.join(sorted(registry.secret_stores))}")
-            return None
-        cfg, errs = structure_plugin_config(ref.config, spec.config_type, "secrets.config")
-        if errs:
-            errors.extend(errs)
-            return None
-        try:
-            if "env" in inspect.signature(spec.factory).parameters:
-                # stores that read the environment see the mesh's (ModelMesh(env=...))
-                return spec.factory(cfg, env=self._env)
-            return spec.factory(cfg)
-        except ConfigError as exc:
-            errors.extend(exc.errors)
-            return None
+        return _open_secret_store(self)
 
     def _provider_context(self, name: str) -> ProviderContext:
         return ProviderContext(name=name, session=self.session, json_dumps=orjson.dumps,
                                json_loads=orjson.loads)
-
-
-class _Builder:
-    """Validates a structured configuration against the registry and builds the runtime.
-
-    Every problem is collected (``path: message``) and raised together.
-    """
-
-    def __init__(self, mesh: ModelMesh, config: MeshConfig, registry: PluginRegistry,
-                 secret_store: Any, state: StateStore | None) -> None:
-        self.mesh = mesh
-        self.config = config
-        self.registry = registry
-        self.secret_store = secret_store
-        self.state = state
-        self.errors: list[str] = []
-        self.broken: dict[str, set[str]] = {}
-
-    def err(self, path: str, message: str) -> None:
-        self.errors.append(f"{path}: {message}")
-
-    def plugin_config(self, data: Any, tp: type | None, path: str) -> Any:
-        if tp is not None and isinstance(data, tp):
-            return data
-        value, errs = structure_plugin_config(data, tp, path)
-        self.errors.extend(errs)
-        return value
-
-    def build(self) -> _Assembly:
-        cfg = self.config
-        reg = self.registry
-        tree = self._tree()
-        providers, specs = self._providers()
-        models = self._models(tree, providers, specs)
-        state = self.state or self._storage()
-        events = self.mesh.events
-        clock = self.mesh._clock
-        pools = self._pools(tree, models, providers)
-        self._implicit_pools(tree, models, pools)
-        self._proxy_checks(set(pools))
-        if self.errors:
-            self._late_checks()
-            raise ConfigError(self.errors)
-        direct = self._direct_pools(models)
-        ledger = Ledger(
-            backend=self.mesh._ledger_backend(state),
-            providers=providers,
-            global_budget=cfg.budget,
-            provider_budgets={n: p.budget for n, p in cfg.providers.items()
-                              if p.budget is not None},
-            pool_budgets={n: p.budget for n, p in cfg.pools.items() if p.budget is not None},
-            events=events, clock=clock,
-            maintenance={n: p.maintenance for n, p in cfg.providers.items() if p.maintenance},
-        )
-        budgets = BudgetTracker(ledger)
-        operations = dict(reg.operations)
-        model_operations = {
-            mid: serving_operations(m.capabilities, providers[m.provider].adapter,
-                                    operations.values())
-            for mid, m in models.items() if m.provider in providers}
-        services_base = dict(state=state, clock=clock, capabilities=tree, events=events,
-                             providers=providers, models=models, pools=pools,
-                             rng=self.mesh._rng, budgets=budgets, direct_pools=direct,
-                             catalogues={n: specs[n].catalogue for n in providers},
-                             operations=operations, model_operations=model_operations,
-                             ledger=ledger)
-        bare = Services(**services_base)  # type: ignore[arg-type]
-        self._strategies(pools, direct, bare)
-        filters = self._filters(bare)
-        services = Services(filters=filters, **services_base)  # type: ignore[arg-type]
-        stages = self._stages(services)
-        middleware_refs = sorted(
-            cfg.plugins.middleware,
-            key=lambda r: getattr(reg.middleware.get(r.connector), "order", 0))
-        middleware = self._connectors(middleware_refs, reg.middleware,
-                                      "plugins.middleware", with_services=False)
-        sinks = self._connectors(cfg.observability.sinks, reg.sinks, "observability.sinks",
-                                 with_services=False)
-        discovery = self._connectors(cfg.discovery.connectors, reg.discovery,
-                                     "discovery.connectors", with_services=True,
-                                     services=services)
-        validate_tracing(cfg.observability.tracing, self.errors)
-        if self.errors:
-            raise ConfigError(self.errors)
-        pipeline = RoutingPipeline(stages, providers=providers, clock=clock)
-        return _Assembly(
-            config=cfg, registry=reg, capabilities=tree, providers=providers, models=models,
-            pools=pools, direct_pools=direct, pipeline=pipeline, services=services,
-            rotation=RotationManager(state, events, clock, ledger), budgets=budgets,
-            ledger=ledger,
-            middleware=middleware, sinks=sinks, discovery=discovery,
-            secret_store=self.secret_store,
-        )
-
-    def _proxy_checks(self, pools: set[str]) -> None:
-        """Virtual keys: known pools, and no token given twice (the later one would win)."""
-        auth = self.config.proxy.auth
-        seen: dict[str, str] = {}
-        for i, vk in enumerate(auth.keys):
-            path = f"proxy.auth.keys.{i}"
-            for j, pool in enumerate(vk.pools or ()):
-                if pool not in pools:
-                    self.err(f"{path}.pools.{j}", f"unknown pool {pool!r}"
-                             f"{_hint(pool, pools)}; pools: {', '.join(sorted(pools))}")
-            token = str(vk.key)
-            if token in seen:
-                self.err(f"{path}.key", f"the same key as {seen[token]}")
-            seen.setdefault(token, f"{path}.key")
-        for j, token in enumerate(auth.admin_keys):
-            if str(token) in seen:
-                self.err(f"proxy.auth.admin_keys.{j}", f"also listed as {seen[str(token)]}; "
-                         "give a proxy key admin rights with admin: true instead")
-
-    def _late_checks(self) -> None:
-        """Checks that do not need a buildable runtime, run when earlier ones already failed
-        so that every problem is reported at once."""
-        reg = self.registry
-        cfg = self.config
-        if cfg.storage.connector not in reg.storage:
-            self._storage()
-        for i, sc in enumerate(cfg.plugins.stages):
-            source = sc.connector or sc.name
-            if source not in reg.stages and (sc.enabled or sc.name not in reg.stages):
-                self.err(f"plugins.stages.{i}.connector" if sc.connector else
-                         f"plugins.stages.{i}.name",
-                         f"unknown stage {source!r}{_hint(source, reg.stages)}")
-        for refs, table, path in ((cfg.plugins.middleware, reg.middleware, "plugins.middleware"),
-                                  (cfg.observability.sinks, reg.sinks, "observability.sinks"),
-                                  (cfg.discovery.connectors, reg.discovery,
-                                   "discovery.connectors")):
-            for i, ref in enumerate(refs):
-                if ref.connector not in table:
-                    self.err(f"{path}.{i}.connector", f"unknown connector {ref.connector!r}"
-                             f"{_hint(ref.connector, table)}")
-
-    # -- pieces
-
-    def _tree(self) -> CapabilityTree:
-        tree = CapabilityTree()
-        for spec in self.registry.capabilities.values():
-            tree.add(spec.path)
-        for i, node in enumerate(self.config.capabilities.nodes):
-            if not node or any(not p for p in node.split(".")):
-                self.err(f"capabilities.nodes.{i}", f"{node!r} is not a dotted path")
-                continue
-            tree.add(node)
-        for spec in self.registry.capabilities.values():
-            for alias in spec.aliases:
-                try:
-                    tree.add_alias(alias, spec.path)
-                except CapabilityNotFoundError as exc:
-                    raise PluginError(f"plugin {spec.plugin!r}: {exc}") from None
-        for alias, target in self.config.capabilities.aliases.items():
-            try:
-                tree.add_alias(alias, target)
-            except CapabilityNotFoundError as exc:
-                self.err(f"capabilities.aliases.{alias}", str(exc))
-        return tree
-
-    def _providers(self) -> tuple[dict[str, Provider], dict[str, ProviderSpec]]:
-        cfg = self.config
-        reg = self.registry
-        providers: dict[str, Provider] = {}
-        specs: dict[str, ProviderSpec] = {}
-        default_timeouts = _timeouts(cfg.timeout)
-        for name, pc in cfg.providers.items():
-            path = f"providers.{name}"
-            if "." in name:
-                self.err(path, "provider names may not contain dots (model ids are "
-                               "<provider>.<model>)")
-                continue
-            spec = reg.providers.get(pc.connector)
-            if spec is None:
-                hint = _hint(pc.connector, reg.providers)
-                extra = ""
-                if not hint:
-                    vendor = pc.connector.split(".", 1)[0]
-                    extra = f"; is the plugin installed (pip install modelmesh-{vendor})?"
-                self.err(f"{path}.connector", f"unknown provider connector {pc.connector!r}"
-                         f"{hint}{extra}; installed: {', '.join(sorted(reg.providers)) or 'none'}")
-                continue
-            conf = self.plugin_config(pc.config, spec.config_type, f"{path}.config")
-            specs[name] = spec
-            if (conf is None and spec.config_type is not None) or not pc.enabled:
-                continue
-            timeouts = _timeouts(pc.timeout) if pc.timeout is not None else default_timeouts
-            try:
-                adapter = spec.factory(self.mesh._provider_context(name), conf)
-            except ConfigError as exc:
-                self.errors.extend(
-                    e if e.startswith(path) else
-                    f"{path}.config.{e.removeprefix('config.')}" for e in exc.errors)
-                continue
-            providers[name] = Provider(name=name, connector=pc.connector, adapter=adapter,
-                                       timeouts=timeouts, limits=_limits(pc.limits),
-                                       enabled=pc.enabled, retry=pc.retry)
-        auto = cfg.discovery.auto_detect
-        if auto or (auto is None and not cfg.providers):
-            self._auto_detect(providers, specs, default_timeouts)
-        return providers, specs
-
-    def _auto_detect(self, providers: dict[str, Provider], specs: dict[str, ProviderSpec],
-                     timeouts: Timeouts) -> None:
-        env = self.mesh._env
-        for spec in sorted(self.registry.providers.values(), key=lambda s: s.name):
-            if not spec.env_vars:
-                continue
-            var = next((v for v in spec.env_vars if env.get(v)), None)
-            if var is None:
-                continue
-            name = spec.name.split(".", 1)[0]
-            if name in providers or name in specs:
-                continue
-            data: dict[str, Any] = {}
-            fields = {a.name for a in attrs.fields(spec.config_type)} if (
-                spec.config_type is not None and attrs.has(spec.config_type)) else set()
-            value = env[var]
-            if not spec.local and "api_key" in fields:
-                register_secret(value)
-                data["api_key"] = SecretStr(value)
-            conf, errs = structure_plugin_config(data, spec.config_type, f"(auto:{name})")
-            if errs:
-                logger.warning("auto-detected provider {} skipped: {}", name, "; ".join(errs))
-                continue
-            try:
-                adapter = spec.factory(self.mesh._provider_context(name), conf)
-            except ConfigError as exc:
-                logger.warning("auto-detected provider {} skipped: {}", name,
-                               "; ".join(exc.errors))
-                continue
-            providers[name] = Provider(name=name, connector=spec.name, adapter=adapter,
-                                       timeouts=timeouts)
-            specs[name] = spec
-            logger.debug("auto-detected provider {} from ${}", name, var)
-
-    def _models(self, tree: CapabilityTree, providers: dict[str, Provider],
-                specs: dict[str, ProviderSpec]) -> dict[str, Model]:
-        cfg = self.config
-        models: dict[str, Model] = {}
-        referenced: set[str] = set()
-        for mid, mc in cfg.models.items():
-            path = f"models.{mid}"
-            provider = mc.provider or mid.split(".", 1)[0]
-            referenced.add(provider)
-            if provider not in specs:
-                if provider not in cfg.providers and provider not in self.broken.get(
-                        "providers", ()):
-                    self.err(f"{path}.provider" if mc.provider else path,
-                             f"unknown provider {provider!r}{_hint(provider, cfg.providers)}; "
-                             f"providers: {', '.join(sorted(cfg.providers)) or 'none'}")
-                elif mc.capabilities is not None:
-                    # The provider is configured but its connector is unknown or broken (that
-                    # is reported there): still check what the model says of itself, so one
-                    # mistake does not hide another.
-                    self._capabilities(tree, mc.capabilities, None, f"{path}.capabilities")
-                continue
-            if "." not in mid and not mc.upstream_id:
-                self.err(path, "a model id is <provider>.<model-name> (or set upstream_id)")
-                continue
-            upstream = mc.upstream_id or mid.split(".", 1)[1]
-            info = next((i for i in specs[provider].catalogue if i.name == upstream), None)
-            caps = self._capabilities(tree, mc.capabilities, info, f"{path}.capabilities")
-            modes = mc.delivery_modes if mc.delivery_modes is not None else (
-                tuple(info.delivery_modes) if info else ("sync", "streaming"))
-            for i, mode in enumerate(modes):
-                if mode not in ALL_DELIVERY_MODES:
-                    self.err(f"{path}.delivery_modes.{i}", f"must be one of "
-                             f"{', '.join(sorted(ALL_DELIVERY_MODES))}")
-            feats = mc.features if mc.features is not None else (
-                tuple(info.features) if info else ())
-            for i, feat in enumerate(feats):
-                if feat not in ALL_FEATURES:
-                    self.err(f"{path}.features.{i}", f"unknown feature {feat!r}"
-                             f"{_hint(feat, ALL_FEATURES)}; one of "
-                             f"{', '.join(sorted(ALL_FEATURES))}")
-            if caps is None or not mc.enabled or provider not in providers:
-                continue
-            pricing = (Pricing(input=mc.pricing.input, output=mc.pricing.output,
-                               cached_input=mc.pricing.cached_input,
-                               per_request=mc.pricing.per_request,
-                               reasoning=mc.pricing.reasoning)
-                       if mc.pricing is not None else (info.pricing if info else Pricing()))
-            models[mid] = Model(
-                id=mid, provider=provider, upstream_id=upstream, capabilities=caps,
-                delivery_modes=frozenset(modes), features=frozenset(feats),
-                context_window=mc.context_window or (info.context_window if info else None),
-                max_output_tokens=mc.max_output_tokens or (
-                    info.max_output_tokens if info else None),
-                pricing=pricing, priority=mc.priority,
-                limits=_limits(mc.limits) if mc.limits is not None else catalogue_limits(
-                    info, cfg.providers.get(provider)),
-                weight=mc.weight,
-            )
-        for name in providers:
-            if name in referenced:
-                continue
-            for info in specs[name].catalogue:
-                caps = tuple(c for c in (tree.try_resolve(c) for c in info.capabilities) if c)
-                if not caps:
-                    continue
-                mid = f"{name}.{info.name}"
-                models[mid] = self._from_catalogue(mid, name, info, caps)
-                if info.free_limits is not None:
-                    models[mid] = attrs.evolve(models[mid], limits=catalogue_limits(
-                        info, cfg.providers.get(name)))
-        return models
-
-    @staticmethod
-    def _from_catalogue(mid: str, provider: str, info: ModelInfo,
-                        caps: tuple[str, ...]) -> Model:
-        return Model(id=mid, provider=provider, upstream_id=info.name, capabilities=caps,
-                     delivery_modes=info.delivery_modes, features=info.features,
-                     context_window=info.context_window,
-                     max_output_tokens=info.max_output_tokens, pricing=info.pricing)
-
-    def _capabilities(self, tree: CapabilityTree, given: tuple[str, ...] | None,
-                      info: ModelInfo | None, path: str) -> tuple[str, ...] | None:
-        names = given if given is not None else (info.capabilities if info else None)
-        if not names:
-            self.err(path, "required: the connector's catalogue does not know this model, so "
-                           "list its capabilities (e.g. [chat-completion])")
-            return None
-        out: list[str] = []
-        for i, name in enumerate(names):
-            full = tree.try_resolve(name)
-            if full is None:
-                try:
-                    tree.resolve(name)
-                except CapabilityNotFoundError as exc:
-                    self.err(f"{path}.{i}" if given is not None else path, str(exc))
-                continue
-            out.append(full)
-        return tuple(out) if len(out) == len(names) else None
-
-    def _storage(self) -> StateStore:
-        ref = self.config.storage
-        spec = self.registry.storage.get(ref.connector)
-        if spec is None:
-            self.err("storage.connector", f"unknown storage {ref.connector!r}"
-                     f"{_hint(ref.connector, self.registry.storage)}; installed: "
-                     f"{', '.join(sorted(self.registry.storage))}")
-            return MemoryStateStore()
-        conf = self.plugin_config(ref.config, spec.config_type, "storage.config")
-        if conf is None and spec.config_type is not None:
-            return MemoryStateStore()
-        return spec.factory(conf)  # type: ignore[no-any-return]
-
-    def _members(self, tree: CapabilityTree, name: str, pc: PoolConfig,
-                 models: dict[str, Model], cap: str | None) -> list[Model]:
-        path = f"pools.{name}"
-        allowed = set(pc.providers) if pc.providers is not None else None
-        excluded = set(pc.excluded_providers)
-        members: list[Model] = []
-        for i, mid in enumerate(pc.models or ()):
-            model = models.get(mid)
-            if model is None:
-                if mid not in self.config.models and mid not in self.broken.get("models", ()):
-                    self.err(f"{path}.models.{i}", f"unknown model {mid!r}"
-                             f"{_hint(mid, models)}")
-                continue
-            members.append(model)
-        if cap is not None:
-            seen = {m.id for m in members}
-            for model in models.values():
-                if model.id in seen or model.provider in excluded:
-                    continue
-                if allowed is not None and model.provider not in allowed:
-                    continue
-                if any(tree.covers(cap, c) for c in model.capabilities):
-                    members.append(model)
-        return members
-
-    def _pools(self, tree: CapabilityTree, models: dict[str, Model],
-               providers: dict[str, Provider]) -> dict[str, CapabilityPool]:
-        cfg = self.config
-        pools: dict[str, CapabilityPool] = {}
-        for name, pc in cfg.pools.items():
-            path = f"pools.{name}"
-            if name in models:
-                self.err(path, "a pool may not have the same name as a model")
-            cap: str | None = None
-            if pc.capability is not None:
-                cap = tree.try_resolve(pc.capability)
-                if cap is None:
-                    try:
-                        tree.resolve(pc.capability)
-                    except CapabilityNotFoundError as exc:
-                        self.err(f"{path}.capability", str(exc))
-            elif not pc.models:
-                self.err(path, "give a capability, a models list, or both")
-            for key in ("providers", "excluded_providers"):
-                for i, prov in enumerate(getattr(pc, key) or ()):
-                    if prov not in cfg.providers and prov not in providers and (
-                            prov not in self.broken.get("providers", ())):
-                        self.err(f"{path}.{key}.{i}", f"unknown provider {prov!r}"
-                                 f"{_hint(prov, cfg.providers)}")
-            spec = self.registry.strategy(pc.strategy.connector)
-            if spec is None:
-                self.err(f"{path}.strategy", f"unknown strategy {pc.strategy.connector!r}"
-                         f"{_hint(pc.strategy.connector, self.registry.strategy_names())}; "
-                         f"installed: {', '.join(sorted(self.registry.strategies))}")
-            else:
-                self.plugin_config(pc.strategy.config, spec.config_type,
-                                   f"{path}.strategy.config")
-            members = self._members(tree, name, pc, models, cap)
-            if not members and (cap is not None or pc.models) and not self.errors:
-                self.err(path, f"no enabled model serves this pool (capability {cap!r}); add a "
-                               "model with this capability or list models explicitly")
-            mode = ("hybrid" if pc.models and cap else "explicit" if pc.models else
-                    "capability")
-            pools[name] = CapabilityPool(
-                name=name, capability=cap, models=members, strategy=None,  # type: ignore[arg-type]
-                strategy_name=spec.name if spec else pc.strategy.connector, config=pc,
-                retry=pc.retry or cfg.retry, streaming=pc.streaming or cfg.streaming,
-                timeouts=_timeouts(pc.timeout) if pc.timeout is not None else None,
-                priority=pc.priority, mode=mode,
-            )
-        return pools
-
-    def _implicit_pools(self, tree: CapabilityTree, models: dict[str, Model],
-                        pools: dict[str, CapabilityPool]) -> None:
-        """One pool per capability leaf that has models but no covering pool."""
-        aliases: dict[str, str] = {}
-        for alias, target in sorted(tree.aliases().items(), key=lambda kv: (len(kv[0]), kv[0])):
-            aliases.setdefault(target, alias)
-        leaves: dict[str, list[Model]] = {}
-        for model in models.values():
-            for cap in model.capabilities:
-                leaves.setdefault(cap, []).append(model)
-        for cap, members in leaves.items():
-            covered = any(
-                (p.capability is not None and tree.covers(p.capability, cap))
-                or (p.capability is None and any(cap in m.capabilities for m in p.models))
-                for p in pools.values()
-            )
-            if covered:
-                continue
-            name = aliases.get(cap, cap)
-            if name in pools or name in models:
-                name = cap
-            pools[name] = CapabilityPool(
-                name=name, capability=cap, models=members, strategy=None,  # type: ignore[arg-type]
-                strategy_name="modelmesh.stick-until-failure.v1",
-                config=PoolConfig(capability=cap), retry=self.config.retry,
-                streaming=self.config.streaming, mode="implicit",
-            )
-
-    def _direct_pools(self, models: dict[str, Model]) -> dict[str, CapabilityPool]:
-        """A single-model pool per model, for requests that name a concrete model id."""
-        retry = attrs.evolve(self.config.retry, scope=RetryScope.SAME_MODEL)
-        return {
-            mid: CapabilityPool(
-                name=mid, capability=None, models=[m], strategy=None,  # type: ignore[arg-type]
-                strategy_name="modelmesh.stick-until-failure.v1",
-                config=PoolConfig(models=(mid,)), retry=retry,
-                streaming=self.config.streaming, mode="direct",
-            )
-            for mid, m in models.items()
-        }
-
-    def _strategies(self, pools: dict[str, CapabilityPool],
-                    direct: dict[str, CapabilityPool], services: Services) -> None:
-        for pool in [*pools.values(), *direct.values()]:
-            spec = self.registry.strategy(pool.strategy_name)
-            assert spec is not None
-            ref = pool.config.strategy
-            same = self.registry.strategy(ref.connector) is spec
-            conf = self.plugin_config(ref.config if same else {}, spec.config_type,
-                                      f"pools.{pool.name}.strategy.config")
-            pool.strategy = spec.factory(conf, services)
-
-    def _filters(self, services: Services) -> dict[str, list[CandidateFilter]]:
-        wanted = self.config.plugins.filters
-        table = self.registry.filters
-        chosen: list[tuple[FilterSpec, Any, str]] = []
-        if wanted is None:
-            chosen = [(spec, {}, f"(filter {spec.name})") for spec in table.values()]
-        else:
-            for i, ref in enumerate(wanted):
-                spec = table.get(ref.connector)
-                if spec is None:
-                    self.err(f"plugins.filters.{i}", f"unknown filter {ref.connector!r}"
-                             f"{_hint(ref.connector, table)}; registered: "
-                             f"{', '.join(sorted(table))}")
-                    continue
-                chosen.append((spec, ref.config, f"plugins.filters.{i}.config"))
-        out: dict[str, list[CandidateFilter]] = {}
-        for spec, raw, path in sorted(chosen, key=lambda c: (c[0].order, c[0].name)):
-            conf = self.plugin_config(raw, spec.config_type, path)
-            if conf is None and spec.config_type is not None:
-                continue  # its config is invalid: reported, not built
-            out.setdefault(spec.stage, []).append(spec.factory(conf, services))
-        return out
-
-    def _stages(self, services: Services) -> list[Any]:
-        reg = self.registry.stages
-        layout: dict[str, tuple[int, Any, Any]] = {
-            name: (spec.order, spec, {}) for name, spec in reg.items()
-        }
-        for i, sc in enumerate(self.config.plugins.stages):
-            path = f"plugins.stages.{i}"
-            if not sc.enabled:
-                if sc.name not in layout:
-                    self.err(f"{path}.name", f"unknown stage {sc.name!r}{_hint(sc.name, reg)}")
-                layout.pop(sc.name, None)
-                continue
-            source = sc.connector or sc.name
-            spec = reg.get(source)
-            if spec is None:
-                self.err(f"{path}.connector" if sc.connector else f"{path}.name",
-                         f"unknown stage {source!r}{_hint(source, reg)}; registered: "
-                         f"{', '.join(sorted(reg))}")
-                continue
-            current = layout.get(sc.name)
-            order = sc.order if sc.order is not None else (
-                current[0] if current is not None else spec.order)
-            layout[sc.name] = (order, spec, sc.config)
-        stages: list[Any] = []
-        for name, (_, spec, conf) in sorted(layout.items(), key=lambda kv: (kv[1][0], kv[0])):
-            value = self.plugin_config(conf, spec.config_type, f"plugins.stages.{name}.config")
-            if value is None and spec.config_type is not None:
-                continue  # its config is invalid: reported, not built
-            stage = spec.factory(value, services)
-            if getattr(stage, "name", None) != name:
-                try:
-                    stage.name = name
-                except AttributeError:
-                    pass
-            stages.append(stage)
-        return stages
-
-    def _connectors(self, refs: Iterable[ConnectorRef], table: Mapping[str, Any], path: str,
-                    *, with_services: bool, services: Services | None = None) -> list[Any]:
-        out: list[Any] = []
-        for i, ref in enumerate(refs):
-            spec = table.get(ref.connector)
-            if spec is None:
-                self.err(f"{path}.{i}.connector", f"unknown connector {ref.connector!r}"
-                         f"{_hint(ref.connector, table)}; installed: {', '.join(sorted(table))}")
-                continue
-            conf = self.plugin_config(ref.config, spec.config_type, f"{path}.{i}.config")
-            if self.errors:
-                continue
-            try:
-                out.append(spec.factory(conf, services) if with_services else spec.factory(conf))
-            except ConfigError as exc:
-                self.errors.extend(exc.errors)
-        return out
-
