@@ -315,6 +315,13 @@ async def _bench(args: argparse.Namespace) -> int:
                 args.rounds, args.n)
             rows.append(("latency, concurrency 1 (median of round medians)",
                          f"{d:.3f} ms", f"{p:.3f} ms", f"+{added:.3f} ms"))
+            await _one(s, passthrough, DIRECT_BODY)
+            d, p, added = await _interleaved(
+                s, _one, [("direct", direct, DIRECT_BODY),
+                          ("proxy", passthrough, DIRECT_BODY)],
+                args.rounds, args.n)
+            rows.append(("  bare aiohttp pass-through, concurrency 1", "", f"{p:.3f} ms",
+                         f"+{added:.3f} ms (the floor)"))
             d, p, added = await _interleaved(
                 s, _first_chunk, [("direct", direct, DIRECT_STREAM_BODY),
                                   ("proxy", proxied, STREAM_BODY)],
