@@ -10,7 +10,8 @@ running in a *separate process* so the upstream's CPU time is not charged to the
   percentiles is the router's overhead. The router's own ``metadata["overhead_ms"]``
   (router time excluding the provider call) is reported too.
 * ``stream`` time to first chunk: ``router.stream`` vs bare aiohttp reading the SSE body up to
-  the first ``data:`` event (decoded with orjson); each stream is read to its end.
+  the first ``data:`` event with content (decoded with orjson; the router holds back the
+  role-only chunk before it); each stream is read to its end.
 * failover: a request whose first candidate answers 500 and whose second answers, vs a
   request straight to the healthy upstream (informative).
 * per-chunk stream overhead: a 200-word stream read to its end through ``router.stream`` vs
@@ -303,10 +304,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 dt = 0.0
                 async with bare.post(chat_url, data=stream_body, headers=STREAM_HEADERS) as resp:
                     async for line in resp.content:
+                        # The first event with content: the router holds back the role-only
+                        # chunk before it (a failure before any text fails over invisibly),
+                        # so both sides are timed to the first text.
                         if line.startswith(b"data:"):
-                            orjson.loads(line[6:])
-                            dt = (perf_ns() - t) / 1000.0
-                            break
+                            obj = orjson.loads(line[6:])
+                            if obj["choices"] and obj["choices"][0]["delta"].get("content"):
+                                dt = (perf_ns() - t) / 1000.0
+                                break
                     async for _ in resp.content:
                         pass
                 return dt
