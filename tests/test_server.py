@@ -612,6 +612,11 @@ async def test_health_ready_metrics(proxy: Proxy, fakes: tuple[FakeUpstream, Fak
     assert ('modelmesh_requests_total{model="alpha.gpt-4o-mini",outcome="success",'
             'pool="chat",provider="alpha"} 1.0') in text
     assert 'modelmesh_attempt_failures_total{error="ProviderError"' in text
+    # the same routing metrics as the library's Prometheus sink: status class, reason and a
+    # failover counter by name
+    assert 'status_class="5xx"' in text
+    assert ('modelmesh_failovers_total{model="alpha.gpt-4o-mini",pool="chat",'
+            'reason="server_error"} 1.0') in text
     assert 'modelmesh_rotations_total{pool="chat"} 1.0' in text
     assert "modelmesh_request_latency_seconds_bucket" in text
     assert 'modelmesh_tokens_total{kind="completion"' in text
