@@ -93,6 +93,7 @@ class Pair:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait(10)  # reap it: an unreaped child is a ResourceWarning at teardown
 
     async def burst(self, key: str, n: int, first: int = 0) -> list[int]:
         """``n`` concurrent chat requests with ``key``, alternating replicas from ``first``."""

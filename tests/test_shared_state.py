@@ -173,6 +173,7 @@ class Cluster:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait(10)  # reap it: an unreaped child is a ResourceWarning at teardown
 
     async def burst(self, pool: str, n: int, replicas: list[int] | None = None,
                     **body: Any) -> list[int]:
