@@ -35,6 +35,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from ._log import logger
 from .deadlines import ReadTimeout
 from .errors import ProviderError, ProviderTimeoutError, StreamInterruptedError
 from .redaction import redact
@@ -44,6 +45,7 @@ __all__ = [
     "STREAM_READ_ERRORS",
     "HTTPAdapter",
     "KeyRing",
+    "SSEFramer",
     "bound",
     "call_window",
     "end_stream",
@@ -170,6 +172,36 @@ class KeyRing:
 # --------------------------------------------------------------------------- the base
 
 
+class SSEFramer:
+    """Server-sent events, line by line: :meth:`feed` takes each line as read and returns an
+    event's ``data`` (its ``data:`` lines joined) at the blank line that ends it. Comments,
+    ``event:``, ``id:`` and ``retry:`` lines carry nothing the adapters use."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending: list[bytes] = []
+
+    @property
+    def partial(self) -> bool:
+        """An event has begun and not ended (the body stopped inside it)."""
+        return bool(self._pending)
+
+    def feed(self, line: bytes) -> bytes | None:
+        """Take one line; the event's data when ``line`` ended one, else None."""
+        line = line.rstrip(b"\r\n")
+        pending = self._pending
+        if line:
+            if line.startswith(b"data:"):
+                pending.append(line[6:] if line[5:6] == b" " else line[5:])
+            return None
+        if not pending:
+            return None
+        event = pending[0] if len(pending) == 1 else b"\n".join(pending)
+        pending.clear()
+        return event
+
+
 class HTTPAdapter:
     """The transport half of a provider adapter (see the module docstring).
 
@@ -274,6 +306,23 @@ class HTTPAdapter:
             raise self.timeout_error(phase, model_id, timeouts) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise self.transport_error(exc, model_id) from None
+
+    async def send_checked(self, method: str, url: URL | str, data: bytes | None,
+                           headers: Mapping[str, str], timeouts: Timeouts,
+                           model_id: str | None, start: float, deadline: float | None, *,
+                           error_from: Callable[..., ProviderError],
+                           prefill: bool = False) -> aiohttp.ClientResponse:
+        """:meth:`request`, then: a response below 400 is returned (headers received); any
+        other raises ``error_from(status, body, headers, model_id, prefill=prefill)``, the
+        vendor's own mapping of an error answer."""
+        resp = await self.request(method, url, data, headers, timeouts, model_id, start,
+                                  deadline)
+        if resp.status < 400:
+            return resp
+        raw = await self.error_body(resp, timeouts, deadline)
+        logger.opt(lazy=True).debug("{} answered HTTP {}", lambda: self.name,
+                                    lambda: resp.status)
+        raise error_from(resp.status, raw, resp.headers, model_id, prefill=prefill)
 
     # ------------------------------------------------------------------ reading
 

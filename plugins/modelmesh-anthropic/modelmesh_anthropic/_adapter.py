@@ -27,7 +27,7 @@ from yarl import URL
 
 from modelmesh_core.deadlines import ReadDeadline
 from modelmesh_core.errors import ProviderError, StreamInterruptedError
-from modelmesh_core.http import STREAM_READ_ERRORS, HTTPAdapter, end_stream
+from modelmesh_core.http import STREAM_READ_ERRORS, HTTPAdapter, SSEFramer, end_stream
 from modelmesh_core.redaction import redact, register_secret
 from modelmesh_core.types import (
     CompletionRequest,
@@ -151,14 +151,10 @@ class AnthropicAdapter(BatchesMixin, HTTPAdapter):
         prefill: bool = False,
     ) -> aiohttp.ClientResponse:
         """Send; return a response with status < 400 (its headers received)."""
-        resp = await self.request(method, url, data,
-                                  self._stream_headers if stream else self._headers,
-                                  timeouts, model_id, start, deadline)
-        if resp.status < 400:
-            return resp
-        raw = await self.error_body(resp, timeouts, deadline)
-        logger.opt(lazy=True).debug("{} answered HTTP {}", lambda: self.name, lambda: resp.status)
-        raise self.error_from(resp.status, raw, resp.headers, model_id, prefill)
+        return await self.send_checked(
+            method, url, data, self._stream_headers if stream else self._headers, timeouts,
+            model_id, start, deadline,
+            error_from=self.error_from, prefill=prefill)
 
     # ------------------------------------------------------------------ ProviderAdapter
 
@@ -245,7 +241,8 @@ class AnthropicAdapter(BatchesMixin, HTTPAdapter):
         # One lazily re-armed timer for the three deadlines (modelmesh_core.deadlines).
         watch = ReadDeadline(content, start=loop.time(), first_byte=timeouts.first_byte,
                              idle=timeouts.idle, total=deadline)
-        pending: list[bytes] = []
+        sse = SSEFramer()
+        feed = sse.feed
         events = 0
         finished = False
         try:
@@ -257,7 +254,7 @@ class AnthropicAdapter(BatchesMixin, HTTPAdapter):
                     raise self.stream_failure(exc, model_id, timeouts) from None
                 watch.read()
                 if not line:
-                    if state.stop_reason is not None and state.usage_seen and not pending:
+                    if state.stop_reason is not None and state.usage_seen and not sse.partial:
                         finished = True  # stop reason and usage delivered; only message_stop lost
                         break
                     raise StreamInterruptedError(
@@ -268,16 +265,9 @@ class AnthropicAdapter(BatchesMixin, HTTPAdapter):
                         status=resp.status,
                         retryable=True,
                     )
-                line = line.rstrip(b"\r\n")
-                if line:
-                    if line.startswith(b"data:"):
-                        pending.append(line[6:] if line[5:6] == b" " else line[5:])
-                    # "event:" repeats the data's "type"; comments and "id:" carry nothing
+                event = feed(line)  # "event:" repeats the data's "type"
+                if event is None:
                     continue
-                if not pending:
-                    continue
-                event = pending[0] if len(pending) == 1 else b"\n".join(pending)
-                pending.clear()
                 if not events:
                     watch.start()
                 events += 1

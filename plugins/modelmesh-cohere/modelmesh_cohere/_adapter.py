@@ -253,14 +253,10 @@ class CohereAdapter(HTTPAdapter):
         prefill: bool = False,
     ) -> aiohttp.ClientResponse:
         """Send one request; return the response when its status is below 400."""
-        resp = await self.request(method, url, data,
-                                  self._stream_headers if stream else self._headers,
-                                  timeouts, model_id, start, deadline)
-        if resp.status < 400:
-            return resp
-        raw = await self.error_body(resp, timeouts, deadline)
-        logger.opt(lazy=True).debug("{} answered HTTP {}", lambda: self.name, lambda: resp.status)
-        raise self.error_from(resp.status, raw, resp.headers, model_id, prefill=prefill)
+        return await self.send_checked(
+            method, url, data, self._stream_headers if stream else self._headers, timeouts,
+            model_id, start, deadline,
+            error_from=self.error_from, prefill=prefill)
 
     async def _read_json(
         self,

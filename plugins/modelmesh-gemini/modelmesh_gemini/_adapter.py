@@ -143,14 +143,10 @@ class GeminiAdapter(HTTPAdapter):
         prefill: bool = False,
     ) -> aiohttp.ClientResponse:
         """Send; return a response with status < 400 (headers received) or raise typed."""
-        resp = await self.request(method, url, data,
-                                  self._stream_headers if stream else self._headers,
-                                  timeouts, model_id, asyncio.get_running_loop().time(), deadline)
-        if resp.status < 400:
-            return resp
-        raw = await self.error_body(resp, timeouts, deadline)
-        logger.opt(lazy=True).debug("{} answered HTTP {}", lambda: self.name, lambda: resp.status)
-        raise self.error_from(resp.status, raw, resp.headers, model_id, prefill)
+        return await self.send_checked(
+            method, url, data, self._stream_headers if stream else self._headers, timeouts,
+            model_id, asyncio.get_running_loop().time(), deadline,
+            error_from=self.error_from, prefill=prefill)
 
     # ------------------------------------------------------------------ chat
 

@@ -40,6 +40,7 @@ from modelmesh_core.http import (
     STREAM_READ_ERRORS,
     HTTPAdapter,
     KeyRing,
+    SSEFramer,
     end_stream,
     header_int,
     kept_headers,
@@ -597,7 +598,8 @@ class OpenAIAdapter(BatchesMixin, OperationsMixin, HTTPAdapter):
         # timer per line (see modelmesh_core.deadlines).
         watch = ReadDeadline(content, start=loop.time(), first_byte=timeouts.first_byte,
                              idle=timeouts.idle, total=deadline)
-        pending: list[bytes] = []
+        sse = SSEFramer()
+        feed = sse.feed
         delivered = 0
         finished = False
         finish_seen = False
@@ -615,7 +617,7 @@ class OpenAIAdapter(BatchesMixin, OperationsMixin, HTTPAdapter):
                         # arrived; only the closing [DONE] is missing: a complete answer.
                         finished = True
                         break
-                    if pending:
+                    if sse.partial:
                         raise self.bad_payload("the stream ended inside an event", model_id)
                     raise StreamInterruptedError(
                         f"the stream ended without a finish_reason or 'data: [DONE]' after "
@@ -625,16 +627,9 @@ class OpenAIAdapter(BatchesMixin, OperationsMixin, HTTPAdapter):
                         status=resp.status,
                         retryable=True,
                     )
-                line = line.rstrip(b"\r\n")
-                if line:
-                    if line.startswith(b"data:"):
-                        pending.append(line[6:] if line[5:6] == b" " else line[5:])
-                    # comments (":" keep-alives), "event:", "id:", "retry:" carry nothing here
+                event = feed(line)
+                if event is None:
                     continue
-                if not pending:
-                    continue
-                event = pending[0] if len(pending) == 1 else b"\n".join(pending)
-                pending.clear()
                 if event == b"[DONE]":
                     if not finish_seen:
                         raise StreamInterruptedError(
