@@ -215,6 +215,9 @@ class Router:
         self._operations: Mapping[str, OperationSpec] = (
             operations if operations is not None else _DEFAULT_OPERATIONS)
         self._model_operations: Mapping[str, frozenset[str]] = model_operations or {}
+        # Looked up once here, not by name on every request.
+        self._chat_op = self._operations.get("chat", CHAT)
+        self._embed_op = self._operations.get("embed", EMBED)
         self._pipeline = pipeline
         self._tracing = tracing
         self._pools = pools
@@ -434,14 +437,14 @@ class Router:
         any other model is asked ``n`` times and the answers are merged into one response
         (``choices``), with usage and cost summed.
         """
-        return await self.run(self._operations.get("chat", CHAT), capability,  # type: ignore[no-any-return]
+        return await self.run(self._chat_op, capability,  # type: ignore[no-any-return]
                               request, options)
 
     async def embed(
         self, capability: str, request: EmbeddingRequest, options: RoutingOptions | None = None,
     ) -> EmbeddingResponse:
         """Route and run an embeddings request, failing over as the policy allows."""
-        return await self.run(self._operations.get("embed", EMBED), capability,  # type: ignore[no-any-return]
+        return await self.run(self._embed_op, capability,  # type: ignore[no-any-return]
                               request, options)
 
     async def images(self, capability: str, request: ImageRequest,
@@ -588,7 +591,7 @@ class Router:
                 await before(call)
             capability, request, options = call.name, call.request, call.options
         preq = self._pipeline_request(capability, request, options, "streaming",
-                                      self._operations.get("chat", CHAT))
+                                      self._chat_op)
         result = await self._execute(preq, request_id, "stream", t0)
         loop = self._loop(result, preq, request_id, "stream", t0)
         splice = Splice(request, preq.estimated_tokens)
