@@ -163,14 +163,14 @@ class AttemptLoop:
             if st is not None and ledger is not None:
                 got = (ledger.admit(self.pool, model, self.preq) if ledger.sync
                        else await ledger.admit_async(self.pool, model, self.preq))
-                if type(got) is Refusal:
+                if isinstance(got, Refusal):
                     rotation.release(model, st)
                     if self.refused is None:
                         self.refused = {}
                     self.refused[model.id] = got
                     st = None
                 else:
-                    self.reservation = got  # type: ignore[assignment]
+                    self.reservation = got
             if st is not None:
                 provider = self._providers[model.provider]
                 self.index = i
@@ -298,10 +298,12 @@ class AttemptLoop:
         if requests > 1:
             cost += (requests - 1) * model.pricing.per_request
         pool = self.pool
-        if self.reservation is not None and self._ledger is not None:
-            self._ledger.settle(self.reservation, _tokens(usage), cost, model=model, pool=pool)
+        ledger = self._ledger
+        if ledger is not None:
+            if self.reservation is not None:
+                ledger.settle(self.reservation, _tokens(usage), cost, model=model, pool=pool)
             if rate_limit is not None:
-                self._ledger.observe(model, rate_limit)
+                ledger.observe(model, rate_limit)
         self._rotation.success(
             pool, model, st, latency_ms=elapsed * 1000.0,
             prompt_tokens=usage.get("prompt_tokens", 0) if usage else 0,

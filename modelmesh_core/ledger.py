@@ -500,9 +500,12 @@ class Ledger:
         return Refusal(c.reason(used, amount), retry)
 
     def admit(self, pool: CapabilityPool | None, model: Model,
-              preq: PipelineRequest | None) -> Reservation | Refusal:
-        """Reserve one attempt (sync backends only; see :meth:`admit_async`)."""
+              preq: PipelineRequest | None) -> Reservation | Refusal | None:
+        """Reserve one attempt (sync backends only; see :meth:`admit_async`); None when no
+        limit, budget, cap or maintenance window applies to ``model`` (nothing to reserve)."""
         plan = self.plan(pool, model)
+        if not (plan.counters or plan.caps or self._gate):
+            return None
         amounts = self.estimate(model, preq)
         if plan.caps:
             refused = self._caps(plan, amounts[COST])
@@ -524,11 +527,13 @@ class Ledger:
         return Reservation(counters, now, amounts[TOKENS], amounts[COST])
 
     async def admit_async(self, pool: CapabilityPool | None, model: Model,
-                          preq: PipelineRequest | None) -> Reservation | Refusal:
-        """Reserve one attempt (any backend)."""
+                          preq: PipelineRequest | None) -> Reservation | Refusal | None:
+        """Reserve one attempt (any backend); None as for :meth:`admit`."""
         if self.sync:
             return self.admit(pool, model, preq)
         plan = self.plan(pool, model)
+        if not (plan.counters or plan.caps or self._gate):
+            return None
         amounts = self.estimate(model, preq)
         if plan.caps:
             refused = self._caps(plan, amounts[COST])
